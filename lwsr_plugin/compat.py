@@ -108,34 +108,161 @@ def _wrap_validation(original):
 
 
 def load_resume_state(opt):
-    """``basicsr.train.load_resume_state`` that maps the state to the model's device (CPU works)."""
+    """``basicsr.train.load_resume_state`` that maps the state to the model's device (CPU works) and, with
+    --auto_resume, falls back to the previous state when the newest one cannot be read."""
     from os import path as osp
 
     from basicsr.utils import check_resume, scandir
-    resume_state_path = None
+    candidates = []
     if opt['auto_resume']:
         state_path = osp.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
         if not osp.isdir(state_path):  # BasicSR itself looks relative to the working directory
             state_path = osp.join('experiments', opt['name'], 'training_states')
         if osp.isdir(state_path):
-            states = [float(v.split('.state')[0]) for v in scandir(state_path, suffix='state', recursive=False)]
-            if states:
-                resume_state_path = osp.join(state_path, f'{max(states):.0f}.state')
-                opt['path']['resume_state'] = resume_state_path
+            iters = sorted((int(float(v.split('.state')[0])) for v in scandir(state_path, suffix='state')),
+                           reverse=True)
+            candidates = [osp.join(state_path, f'{i}.state') for i in iters]
     elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-    if resume_state_path is None:
-        return None
-    if not osp.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: {resume_state_path} does not exist. Point it to a '
-                                '<iter>.state file under experiments/<name>/training_states, or use --auto_resume.')
+        path = opt['path']['resume_state']
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'path.resume_state: {path} does not exist. Point it to a <iter>.state file '
+                                    'under experiments/<name>/training_states, or use --auto_resume.')
+        candidates = [path]
     if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
         device = torch.device('cuda', torch.cuda.current_device())
     else:
         device = torch.device('cpu')
-    resume_state = torch.load(resume_state_path, map_location=device)
-    check_resume(opt, resume_state['iter'])
-    return resume_state
+    for path in candidates:
+        try:
+            resume_state = torch.load(path, map_location=device)
+        except Exception as err:  # a state cut short by a kill (written by BasicSR before this plugin saved atomically)
+            if not opt['auto_resume']:
+                raise RuntimeError(f'path.resume_state: {path} cannot be read ({type(err).__name__}: {err}). '
+                                   'Pick an older state in the same folder.') from err
+            print(f'lwsr_plugin: skipping unreadable training state {path} ({type(err).__name__}); '
+                  'trying the previous one.', file=sys.stderr)
+            continue
+        opt['path']['resume_state'] = path
+        check_resume(opt, resume_state['iter'])
+        return resume_state
+    return None
+
+
+class _TorchWithAtomicSave:
+    """``torch`` as BasicSR's base_model sees it, except that ``save`` writes a temp file and renames it: a run
+    killed while saving never leaves a truncated ``.pth`` / ``.state`` under the final name (which --auto_resume
+    would then pick and crash on)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):
+            return torch.save(obj, f, *args, **kwargs)
+        tmp = f'{os.fspath(f)}.tmp-{os.getpid()}'
+        try:
+            torch.save(obj, tmp, *args, **kwargs)
+            os.replace(tmp, f)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_state_dict(load_path, param_key='params'):
+    """The state dict in a checkpoint: under ``param_key`` (BasicSR's files), ``params``, or the root of a plain state
+    dict (official releases); ``module.`` prefixes stripped. Returns (state_dict, key used)."""
+    load_net = torch.load(load_path, map_location='cpu')
+    if param_key is not None and isinstance(load_net, dict):
+        if param_key in load_net:
+            load_net = load_net[param_key]
+        elif 'params' in load_net:
+            param_key, load_net = 'params', load_net['params']
+        elif load_net and all(torch.is_tensor(v) for v in load_net.values()):
+            param_key = None
+        else:
+            raise KeyError(f'{load_path} has no {param_key!r} entry (keys: {list(load_net)[:5]}). Set param_key_g '
+                           'to one of its keys, or to ~ for a plain state dict.')
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in load_net.items()}, param_key
+
+
+def checkpoint_mismatch(own, loaded):
+    """'' if ``loaded`` fits the state dict ``own`` exactly, else what differs (shapes first)."""
+    bad = [f'{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}' for k, v in loaded.items()
+           if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = sorted(set(own) - set(loaded))
+    unexpected = sorted(set(loaded) - set(own))
+    return '; '.join(bad[:3] + [f'missing {missing[:3]}'] * bool(missing) +
+                     [f'unexpected {unexpected[:3]}'] * bool(unexpected))
+
+
+def mismatch_message(label, load_path, net, details):
+    return (f'{label}: {load_path} does not fit network_g ({type(net).__name__}): {details}. Pick the checkpoint '
+            'made for this arch and scale (e.g. IMDN_x4.pth for upscale: 4), or set strict_load_g: false to load '
+            'only the matching layers (fine-tuning across scales).')
+
+
+def load_state_dict_checked(net, state_dict, strict, label, load_path, assign=False):
+    """``net.load_state_dict`` whose failure names the option, what differs, and the fix. The arch's own loading
+    hooks run (e.g. s-LWSR's mean shift consumes its extra keys), so strictness is torch's own."""
+    try:
+        net.load_state_dict(state_dict, strict=strict, assign=assign)
+    except RuntimeError as err:
+        details = checkpoint_mismatch(net.state_dict(), state_dict) or str(err).split('\n')[0]
+        raise ValueError(mismatch_message(label, load_path, net, details)) from None
+
+
+def load_network(self, net, load_path, strict=True, param_key='params'):
+    """``BaseModel.load_network`` that also reads plain state dicts (the official IMDN/s-LWSR releases, saved without
+    a ``params`` key) and names the option and the fix when the checkpoint does not fit ``network_g``."""
+    from basicsr.utils import get_root_logger
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    label = 'path.pretrain_network_g' if net is self.get_bare_model(getattr(self, 'net_g', None)) else 'path.pretrain_*'
+    if not os.path.isfile(load_path):
+        raise FileNotFoundError(f'{label}: checkpoint {load_path} does not exist. Fix the path in the option file.')
+    requested = param_key
+    load_net, param_key = read_state_dict(load_path, param_key)
+    if param_key != requested:
+        logger.info(f'Loading: {requested} does not exist in {load_path}, use {param_key or "the root dict"}.')
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    self._print_different_keys_loading(net, load_net, strict)  # with strict=False it drops mis-shaped keys
+    load_state_dict_checked(net, load_net, strict, label, load_path)
+
+
+def resolve_network(opt, option='network_g'):
+    """The registered class for a network option dict; errors name the option: unknown ``type``, unknown kwarg."""
+    import difflib
+    import inspect
+
+    from basicsr.utils.registry import ARCH_REGISTRY
+    arch = opt.get('type')
+    for name in (arch, f'{arch}_basicsr'):
+        if name in ARCH_REGISTRY:
+            cls = ARCH_REGISTRY.get(name)
+            break
+    else:
+        close = difflib.get_close_matches(str(arch), list(ARCH_REGISTRY.keys()), n=3)
+        raise KeyError(f'{option}.type: {arch!r} is not registered in BasicSR\'s ARCH_REGISTRY' +
+                       (f'; did you mean {close}?' if close else '.') +
+                       f' Registered: {sorted(ARCH_REGISTRY.keys())}. For your own arch, import its module first.')
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in opt if k != 'type' and k not in params]
+        if unknown:
+            raise TypeError(f'{option}: {unknown} not accepted by {arch}. Remove or rename them; {arch} takes: '
+                            f'{[k for k in params if k != "self"]}.')
+    return cls
+
+
+def _wrap_build_network(original):
+
+    def build_network(opt):
+        resolve_network(opt)
+        return original(opt)
+
+    build_network.__wrapped__ = original
+    return build_network
 
 
 _original_init_dist = _dist_util.init_dist
@@ -151,6 +278,14 @@ def apply():
     BaseModel.model_to_device = model_to_device
     BaseModel.__init__ = _wrap_base_init(BaseModel.__init__)
     BaseModel.validation = _wrap_validation(BaseModel.validation)
+    BaseModel.load_network = load_network
+    _base_model.torch = _TorchWithAtomicSave()
+    import basicsr.archs
+    import basicsr.models.sr_model as _sr_model
+    wrapped = _wrap_build_network(basicsr.archs.build_network)
+    for module in [basicsr.archs, _sr_model] + [m for n, m in sys.modules.items() if n.startswith('basicsr.models.')]:
+        if getattr(module, 'build_network', None) is wrapped.__wrapped__:
+            module.build_network = wrapped
     train_mod = sys.modules.get('basicsr.train')
     if train_mod is None:
         import basicsr.train as train_mod

@@ -44,9 +44,10 @@ class CCALayer(nn.Module):
 
     def __init__(self, channels, reduction=16):
         super().__init__()
+        squeezed = max(channels // reduction, 1)  # narrow test/demo configs still get a 1-channel squeeze
         self.conv_du = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, 1, bias=True), nn.ReLU(inplace=True),
-            nn.Conv2d(channels // reduction, channels, 1, bias=True), nn.Sigmoid())
+            nn.Conv2d(channels, squeezed, 1, bias=True), nn.ReLU(inplace=True),
+            nn.Conv2d(squeezed, channels, 1, bias=True), nn.Sigmoid())
 
     def forward(self, x):
         return x * self.conv_du(contrast(x))
@@ -70,3 +71,111 @@ class ShortcutBlock(nn.Module):
 
 def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
+
+
+def check_upscale(upscale, arch):
+    """Fail early, naming the YAML key, when ``network_g.upscale`` is not a positive integer."""
+    if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
+        raise ValueError(f'{arch}: network_g.upscale must be a positive integer (2, 3 or 4), got {upscale!r}.')
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block without BN: ``x + res_scale * conv(act(conv(x)))`` (s-LWSR §III-A, eq. 1).
+
+    Parameter names ``body.0`` / ``body.2`` follow the EDSR/RCAN code base that s-LWSR's release uses. With
+    ``act=False`` the activation slot holds ``nn.Identity`` so that the block is really linear (s-LWSR §III-E) while
+    the conv names stay the same.
+
+    Args:
+        num_feat (int): Channels in and out. Default: 64.
+        kernel_size (int): Kernel of both convs. Default: 3.
+        act (bool): Keep the ReLU between the convs. Default: True.
+        res_scale (float): Scale of the residual branch (alpha in eq. 1). Default: 1.
+    """
+
+    def __init__(self, num_feat=64, kernel_size=3, act=True, res_scale=1.):
+        super().__init__()
+        self.res_scale = res_scale
+        self.body = nn.Sequential(
+            conv_layer(num_feat, num_feat, kernel_size), nn.ReLU(inplace=True) if act else nn.Identity(),
+            conv_layer(num_feat, num_feat, kernel_size))
+
+    def forward(self, x):
+        return x + self.body(x) * self.res_scale
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 inverted residual with linear bottleneck (Sandler et al., CVPR 2018; s-LWSR §III-D, Fig. 4):
+    1x1 expansion to ``expansion * num_feat`` channels, ReLU, 3x3 depthwise conv, ReLU, 1x1 linear projection,
+    identity shortcut. No BN, as everywhere in EDSR-style SR networks.
+
+    ReLU instead of MobileNetV2's ReLU6: SR features here live on the 0-255 pixel scale, where a cap at 6 would
+    saturate most activations.
+
+    Args:
+        num_feat (int): Channels in and out. Default: 64.
+        expansion (float): Hidden width / ``num_feat`` (MobileNetV2's t). Default: 6.
+        act (bool): Keep the two ReLUs; False makes the block linear (s-LWSR §III-E). Default: True.
+    """
+
+    def __init__(self, num_feat=64, expansion=6, act=True):
+        super().__init__()
+        hidden = max(1, int(round(num_feat * expansion)))
+        self.body = nn.Sequential(
+            conv_layer(num_feat, hidden, 1), nn.ReLU(inplace=True) if act else nn.Identity(),
+            conv_layer(hidden, hidden, 3, groups=hidden), nn.ReLU(inplace=True) if act else nn.Identity(),
+            conv_layer(hidden, num_feat, 1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class MeanShift(nn.Module):
+    """Fixed per-channel affine map ``y = W x + b`` (a 1x1 conv), by default ``x + sign * img_range * rgb_mean``.
+
+    The map is kept as plain tensor attributes, not parameters or buffers: it is not trained, not counted, and not
+    broadcast by DDP (as the mean in BasicSR's EDSR). EDSR-era checkpoints store ``sub_mean`` / ``add_mean`` as
+    conv weights which in practice drifted during training (their ``requires_grad=False`` was set on the module, not
+    on its parameters); those ``weight`` / ``bias`` keys are optional here: when present in a state dict they are
+    consumed and used, so such a checkpoint loads strictly and reproduces its outputs. ``state_dict()`` contains
+    them only when they differ from the plain mean shift, so a round trip keeps the drifted values.
+
+    Args:
+        rgb_mean (sequence[float]): Mean per channel in [0, 1].
+        img_range (float): Pixel range the mean is scaled to. Default: 255.
+        sign (int): -1 subtracts the mean, +1 adds it back. Default: -1.
+    """
+
+    def __init__(self, rgb_mean, img_range=255., sign=-1):
+        super().__init__()
+        n = len(rgb_mean)
+        self.weight = torch.eye(n).view(n, n, 1, 1)
+        self.bias = sign * img_range * torch.tensor(rgb_mean, dtype=torch.float32)
+        self._default = (self.weight.clone(), self.bias.clone())
+
+    def forward(self, x):
+        # plain attributes do not follow .to(); move them lazily to the input's device and dtype
+        return nn.functional.conv2d(x, self.weight.to(x), self.bias.to(x))
+
+    def is_default(self):
+        return torch.equal(self.weight, self._default[0]) and torch.equal(self.bias, self._default[1])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.is_default():
+            destination[prefix + 'weight'] = self.weight.clone()
+            destination[prefix + 'bias'] = self.bias.clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ('weight', 'bias'):
+            key = prefix + name
+            if key in state_dict:
+                value = state_dict.pop(key)  # consumed here, so strict loading does not report it as unexpected
+                old = getattr(self, name)
+                if value.shape != old.shape:
+                    error_msgs.append(f'size mismatch for {key}: copying {tuple(value.shape)} into {tuple(old.shape)}.')
+                    continue
+                setattr(self, name, value.detach().to(torch.float32).clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

@@ -10,12 +10,7 @@ from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .blocks import CCALayer, ShortcutBlock, activation, conv_layer, pixelshuffle_block
-
-
-def _check_upscale(upscale, arch):
-    if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
-        raise ValueError(f'{arch}: network_g.upscale must be a positive integer (2, 3 or 4), got {upscale!r}.')
+from .blocks import CCALayer, ShortcutBlock, activation, check_upscale, conv_layer, pixelshuffle_block
 
 
 class IMDB(nn.Module):
@@ -94,7 +89,7 @@ class IMDN(_IMDNTrunk):
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=6, upscale=4, distill_rate=0.25,
                  neg_slope=0.05):
-        _check_upscale(upscale, 'IMDN')
+        check_upscale(upscale, 'IMDN')
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, distill_rate, neg_slope)
         self.upscale = upscale
         self.fea_conv = conv_layer(num_in_ch, num_feat, 3)
@@ -201,7 +196,7 @@ class IMDN_RTC(nn.Module):
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=12, num_block=5, upscale=2, distill_rate=0.25,
                  neg_slope=0.05):
         super().__init__()
-        _check_upscale(upscale, 'IMDN_RTC')
+        check_upscale(upscale, 'IMDN_RTC')
         self.upscale = upscale
         blocks = [IMDB(num_feat, distill_rate, neg_slope, attention=False) for _ in range(num_block)]
         self.model = nn.Sequential(

@@ -1,0 +1,92 @@
+"""Checks of an option file before BasicSR starts: mistakes fail in one message naming the option and the fix,
+instead of a traceback minutes into a run (or after ``experiments/<name>`` was archived)."""
+import argparse
+import os
+import sys
+
+import yaml
+
+
+class OptionError(ValueError):
+    """An option file that cannot run; the message names the key and the fix."""
+
+
+def _load_yaml(path):
+    if not os.path.isfile(path):
+        raise OptionError(f'-opt {path}: no such option file.')
+    from basicsr.utils.options import ordered_yaml
+    with open(path, encoding='utf-8') as f:
+        return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+def _dataset_paths(opt, root):
+    for phase, ds in (opt.get('datasets') or {}).items():
+        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
+            value = ds.get(key)
+            if value is None:
+                continue
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                yield f'datasets.{phase}.{key}', os.path.join(root, os.path.expanduser(str(v)))
+
+
+def check_options(opt_path, root=None):
+    """Validate the parts of an option file that BasicSR only discovers late. Returns the loaded dict."""
+    import torch
+
+    from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
+    root = root or os.getcwd()
+    opt = _load_yaml(opt_path)
+    if not isinstance(opt, dict) or 'name' not in opt:
+        raise OptionError(f'{opt_path}: not a BasicSR option file (no top-level `name:`).')
+    for key, path in _dataset_paths(opt, root):
+        if not os.path.exists(path):
+            hint = ''
+            if path.rstrip('/').endswith('.lmdb'):
+                hint = ' Build the LMDB with scripts/data_preparation (see docs/data_preparation.md).'
+            raise OptionError(f'{key}: {path} does not exist (relative paths are read from {root}). Fix the path, '
+                              f'or run from the folder that holds `datasets/`.{hint}')
+        if path.rstrip('/').endswith('.lmdb') and key != 'meta_info_file' and not os.path.isfile(
+                os.path.join(path, 'meta_info.txt')):
+            raise OptionError(f'{key}: {path} has no meta_info.txt, which BasicSR needs to list LMDB keys. '
+                              'Recreate the LMDB with the plugin scripts (they write it).')
+    num_gpu = opt.get('num_gpu', 1)
+    if num_gpu not in (0, 'auto') and not torch.cuda.is_available():
+        raise OptionError(f'num_gpu: {num_gpu}, but no CUDA GPU is visible. Use `num_gpu: 0` (CPU) or `num_gpu: auto`.')
+    if opt.get('network_g'):
+        # not basicsr's build_network: it logs, and an early get_root_logger() call would disable the log file
+        net_opt = dict(opt['network_g'])
+        cls = resolve_network(net_opt)
+        with torch.device('meta'):  # runs the arch's own argument checks without allocating it
+            net = cls(**{k: v for k, v in net_opt.items() if k != 'type'})
+    scale = opt.get('scale')
+    net_scale = (opt.get('network_g') or {}).get('upscale')
+    if scale is not None and net_scale is not None and scale != net_scale:
+        raise OptionError(f'scale: {scale} but network_g.upscale: {net_scale}. Set both to the same factor.')
+    path_opt = opt.get('path') or {}
+    pretrain = path_opt.get('pretrain_network_g')
+    if pretrain and opt.get('network_g'):
+        full = os.path.join(root, os.path.expanduser(pretrain))
+        if not os.path.isfile(full):
+            raise OptionError(f'path.pretrain_network_g: {pretrain} does not exist. Fix the path or set it to ~.')
+        if path_opt.get('strict_load_g', True):
+            loaded, _ = read_state_dict(full, path_opt.get('param_key_g', 'params'))
+            try:  # assign=True: the meta-device network takes the tensors without copying
+                load_state_dict_checked(net, loaded, True, 'path.pretrain_network_g', pretrain, assign=True)
+            except ValueError as err:
+                raise OptionError(str(err)) from None
+    return opt
+
+
+def check_cli_options(argv=None):
+    """Run ``check_options`` on the ``-opt`` of a BasicSR command line; exit with the message on failure."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt', required=False)
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not args.opt:
+        return None
+    try:
+        return check_options(args.opt)
+    except (OptionError, KeyError, TypeError, ValueError) as err:
+        msg = err.args[0] if err.args else str(err)
+        sys.exit(f'lwsr_plugin: error in {args.opt}: {msg}')

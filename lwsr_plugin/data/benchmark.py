@@ -1,0 +1,83 @@
+"""A benchmark set (Set5, Set14, ...) from its HR images alone: ``HR/`` mod-cropped and ``LR_bicubic/X<s>/``.
+
+Writes the layout the test YAMLs read (``<out>/HR/<name>.png``, ``<out>/LR_bicubic/X<s>/<name>x<s>.png``). HR is
+mod-cropped by ``--hr-mod`` (default: the largest scale); LR of scale ``s`` is MATLAB bicubic of that HR mod-cropped
+by ``s``, which is how the shipped sets were made: with the default ``--resize matlab`` the result reproduces
+``Set5/LR_bicubic`` within 1 grey level. The whole folder is built under a temporary name and renamed when done.
+
+Run: ``python -m lwsr_plugin.data.benchmark --hr my_set/HR --out datasets/MySet``.
+"""
+import os
+import shutil
+import time
+from functools import partial
+
+import cv2
+
+from .images import DataPrepError, check_keys, list_images, mod_crop, read_image
+from .lmdb_io import check_targets, publish, tmp_path
+from .pipeline import add_lmdb_args, base_parser, cli, report_throughput, run_jobs
+from .resize import bicubic_downscale
+
+
+def _write_png(path, img, compress_level):
+    if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level]):
+        raise DataPrepError(f'{path}: cannot write (disk full or not writable)')
+
+
+def process_image(job, out_dir, scales, hr_mod, resize, compress_level):
+    """Write one image's HR and LR files into the (temporary) output folder; returns the number of files."""
+    key, path = job
+    hr = mod_crop(read_image(path), hr_mod)
+    if min(hr.shape[:2]) < max(scales):
+        raise DataPrepError(f'{path}: image {hr.shape[1]}x{hr.shape[0]} is smaller than scale {max(scales)}')
+    _write_png(os.path.join(out_dir, 'HR', f'{key}.png'), hr, compress_level)
+    for s in scales:
+        lr = bicubic_downscale(mod_crop(hr, s), 1 / s, resize)
+        _write_png(os.path.join(out_dir, 'LR_bicubic', f'X{s}', f'{key}x{s}.png'), lr, compress_level)
+    return 1 + len(scales)
+
+
+def parse_args(argv=None):
+    parser = base_parser('Benchmark set from HR images: HR/ (mod-cropped) and LR_bicubic/X<s>/ by MATLAB bicubic.')
+    parser.add_argument('--hr', required=True, help='folder of HR images')
+    parser.add_argument('--out', required=True, help='output set folder (gets HR/ and LR_bicubic/)')
+    parser.add_argument('--hr-mod', type=int, default=0, help='mod-crop of HR (0 = largest scale)')
+    add_lmdb_args(parser, resize_default='matlab')
+    return parser.parse_args(argv)
+
+
+def run(argv=None):
+    """Entry point body."""
+    args = parse_args(argv)
+    out = os.path.abspath(args.out)
+    if os.path.abspath(args.hr).startswith(out + os.sep) or os.path.abspath(args.hr) == out:
+        raise DataPrepError(f'{args.hr}: the input lies inside --out {args.out}, which would be replaced')
+    keys = check_keys(list_images(args.hr))
+    check_targets([out], args.overwrite)
+    tmp = tmp_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ['HR'] + [os.path.join('LR_bicubic', f'X{s}') for s in args.scales]:
+        os.makedirs(os.path.join(tmp, sub))
+    func = partial(process_image, out_dir=tmp, scales=args.scales, hr_mod=args.hr_mod or max(args.scales),
+                   resize=args.resize, compress_level=args.compress_level)
+    start = time.time()
+    results = run_jobs(func, list(keys.items()), args.workers, 'benchmark')
+    try:
+        n_files = sum(results)
+        publish([(tmp, out)])
+    except BaseException:
+        results.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report_throughput('benchmark', len(keys), n_files, time.time() - start)
+    print(f'  wrote {out}')
+
+
+def main(argv=None):
+    """Console command ``lwsr-prepare-benchmark``."""
+    return cli(run, argv)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

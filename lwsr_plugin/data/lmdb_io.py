@@ -1,0 +1,158 @@
+"""Atomic writing of BasicSR-format LMDBs and folders, and reading of ``meta_info.txt``.
+
+The format is BasicSR's (``basicsr.utils.lmdb_util``): PNG bytes under ``<key>`` in ``data.mdb``, and one
+``<key>.png (<h>,<w>,<c>) <compress_level>`` line per record in ``meta_info.txt``, so ``PairedImageDataset`` with
+``io_backend: {type: lmdb}`` reads it. Unlike BasicSR's ``LmdbMaker``, everything is written under a temporary name
+beside the target (``<target>.tmp-<pid>``) and renamed only when complete: a killed run never leaves a partial
+output under the final name, and the next run removes the leftovers of dead runs.
+"""
+import errno
+import os
+import re
+import shutil
+
+import lmdb
+
+from .images import DataPrepError
+
+MAP_SIZE = 1024**4  # address space only: LMDB files grow with the data on Linux
+COMMIT_EVERY = 2000
+_META_RE = re.compile(r'^(\S+?)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
+
+
+def tmp_path(final_path):
+    """Temporary sibling name of ``final_path`` for this process."""
+    return f'{final_path}.tmp-{os.getpid()}'
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(final_path):
+    """Delete leftovers of dead runs (a SIGKILLed earlier run) beside ``final_path``: its own ``.tmp-<pid>`` /
+    ``.old-<pid>`` siblings and those of any other ``*.lmdb`` there, when process ``<pid>`` no longer exists."""
+    folder, name = os.path.split(os.path.abspath(final_path))
+    if not os.path.isdir(folder):
+        return
+    for entry in os.listdir(folder):
+        m = re.fullmatch(r'(.+)\.(tmp|old)-(\d+)', entry)
+        if m and (m.group(1) == name or m.group(1).endswith('.lmdb')) and not _pid_alive(int(m.group(3))):
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
+def check_targets(final_paths, overwrite):
+    """Refuse to start when an output exists and ``overwrite`` is off; clean stale temporaries; create parents."""
+    for path in final_paths:
+        if os.path.exists(path) and not overwrite:
+            raise DataPrepError(f'{path}: already exists; pass --overwrite to replace it')
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        remove_stale_tmp(path)
+
+
+def publish(pairs):
+    """Rename each finished ``(tmp, final)`` into place; an existing final is moved aside first and deleted only
+    after the new one is in place."""
+    for tmp, final in pairs:
+        old = None
+        if os.path.exists(final):
+            old = f'{final}.old-{os.getpid()}'
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_disk_full(err):
+    return getattr(err, 'errno', None) == errno.ENOSPC or 'No space left' in str(err) or 'MDB_MAP_FULL' in str(err)
+
+
+class AtomicLmdbWriter:
+    """Writes a BasicSR-format LMDB under a temporary name; :meth:`finish` completes it, :meth:`abort` removes it."""
+
+    def __init__(self, final_path, compress_level=1):
+        if not final_path.endswith('.lmdb'):
+            raise DataPrepError(f'{final_path}: LMDB output names must end with .lmdb (BasicSR requires it)')
+        self.final_path = final_path
+        self.path = tmp_path(final_path)
+        self.compress_level = compress_level
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.env = lmdb.open(self.path, map_size=MAP_SIZE)
+        self.txn = self.env.begin(write=True)
+        self.meta = {}
+        self.pending = 0
+
+    def _guard(self, action):
+        try:
+            return action()
+        except (lmdb.Error, OSError) as err:
+            if _is_disk_full(err):
+                raise DataPrepError(f'{self.path}: no space left on the target disk ({err}); '
+                                    'existing outputs were left untouched') from None
+            raise DataPrepError(f'{self.path}: LMDB write failed ({err})') from None
+
+    def put(self, key, png_bytes, shape):
+        """Store one record (PNG bytes, (h, w, c) shape) under ``key``."""
+        if key in self.meta:
+            raise DataPrepError(f'{self.final_path}: duplicate key "{key}"')
+        self._guard(lambda: self.txn.put(key.encode('ascii'), png_bytes))
+        self.meta[key] = shape
+        self.pending += 1
+        if self.pending >= COMMIT_EVERY:
+            self._guard(self.txn.commit)
+            self.txn = self.env.begin(write=True)
+            self.pending = 0
+
+    def finish(self):
+        """Commit, write ``meta_info.txt`` (sorted by key) and close; returns the temporary path to publish."""
+        self._guard(self.txn.commit)
+        self.txn = None
+        self._guard(self.env.sync)
+        self.env.close()
+        self.env = None
+        lines = [f'{k}.png ({h},{w},{c}) {self.compress_level}\n' for k, (h, w, c) in sorted(self.meta.items())]
+
+        def write_meta():
+            with open(os.path.join(self.path, 'meta_info.txt'), 'w') as f:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+        self._guard(write_meta)
+        return self.path
+
+    def abort(self):
+        """Drop everything written so far."""
+        try:
+            if self.txn is not None:
+                self.txn.abort()
+            if self.env is not None:
+                self.env.close()
+        except lmdb.Error:
+            pass
+        self.txn = self.env = None
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_meta_info(lmdb_path):
+    """``meta_info.txt`` of a BasicSR LMDB as {key: ((h, w, c), compress_level)}; DataPrepError on a bad line."""
+    meta_path = os.path.join(lmdb_path, 'meta_info.txt')
+    if not os.path.isfile(meta_path):
+        raise DataPrepError(f'{meta_path}: missing')
+    meta = {}
+    with open(meta_path) as f:
+        for n, line in enumerate(f, 1):
+            m = _META_RE.match(line.strip())
+            if not m:
+                raise DataPrepError(f'{meta_path}:{n}: not "<key>.png (h,w,c) level": {line.strip()!r}')
+            key = m.group(1)
+            if key in meta:
+                raise DataPrepError(f'{meta_path}:{n}: duplicate key "{key}"')
+            meta[key] = (tuple(int(m.group(i)) for i in (2, 3, 4)), int(m.group(5)))
+    return meta

@@ -1,0 +1,150 @@
+"""The parallel produce-then-write loop every preparation command shares, and its command-line plumbing.
+
+Workers (``multiprocessing``) turn one source image each into encoded records; the parent process alone writes
+them, so LMDB sees a single writer. Outputs are published only after every job succeeded.
+"""
+import argparse
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+from tqdm import tqdm
+
+from .images import DataPrepError
+from .lmdb_io import AtomicLmdbWriter, check_targets, publish
+
+
+def _single_thread():
+    # One thread per worker: the processes already use every core, extra threads would only contend.
+    import cv2
+    import torch
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+
+
+def _init_pool_worker():
+    _single_thread()
+    # Ctrl-C is the parent's to handle (it stops the pool); SIGTERM from pool.terminate() must just end the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _thread_settings(saved=None):
+    """Current (torch, OpenCV) thread counts; with ``saved``, restore those first (the in-process path sets 1)."""
+    import cv2
+    import torch
+    if saved:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+    return torch.get_num_threads(), cv2.getNumThreads()
+
+
+def run_jobs(func, jobs, workers, desc):
+    """Yield ``func(job)`` for every job in order, over ``workers`` processes (in-process when ``workers`` <= 1),
+    with a tqdm bar. A worker's DataPrepError is re-raised here unchanged."""
+    bar = tqdm(total=len(jobs), desc=desc, unit='img', dynamic_ncols=True, file=sys.stderr)
+    pool = None
+    saved = _thread_settings()
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            _single_thread()
+            results = map(func, jobs)
+        else:
+            pool = multiprocessing.get_context('fork').Pool(min(workers, len(jobs)), initializer=_init_pool_worker)
+            results = pool.imap(func, jobs, chunksize=1)
+        for result in results:
+            yield result
+            bar.update()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _thread_settings(saved)
+        bar.close()
+
+
+def write_lmdbs(outputs, func, jobs, workers, overwrite, compress_level, desc):
+    """Run ``func`` over ``jobs`` and store its records atomically.
+
+    ``outputs`` maps a label to a final ``.lmdb`` path; ``func(job)`` returns {label: [(key, png_bytes, shape)]}.
+    Returns (images, records, seconds) and prints the throughput.
+    """
+    check_targets(outputs.values(), overwrite)
+    writers = {}
+    results = None
+    start = time.time()
+    n_records = 0
+    try:
+        for label, path in outputs.items():
+            writers[label] = AtomicLmdbWriter(path, compress_level)
+        results = run_jobs(func, jobs, workers, desc)
+        for result in results:
+            for label, records in result.items():
+                for key, data, shape in records:
+                    writers[label].put(key, data, shape)
+                    n_records += 1
+        done = [(w.finish(), w.final_path) for w in writers.values()]
+        publish(done)
+    except BaseException:
+        if results is not None:
+            results.close()  # stops the workers and the progress bar before the error is reported
+        for w in writers.values():
+            w.abort()
+        raise
+    seconds = time.time() - start
+    report_throughput(desc, len(jobs), n_records, seconds)
+    for path in outputs.values():
+        print(f'  wrote {path}')
+    return len(jobs), n_records, seconds
+
+
+def report_throughput(desc, n_images, n_records, seconds):
+    """One line: images and records written, wall time, images/s."""
+    rate = n_images / max(seconds, 1e-9)
+    print(f'{desc}: {n_images} source images -> {n_records} records in {seconds:.1f} s ({rate:.2f} images/s)')
+
+
+def base_parser(description):
+    """ArgumentParser with the options every preparation command has."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+                        help='worker processes (1 = run in this process)')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    return parser
+
+
+def add_lmdb_args(parser, resize_default='basicsr'):
+    """Options of the LMDB-writing commands: scales, PNG compression, resize rounding."""
+    parser.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], help='LR scales to produce')
+    parser.add_argument('--compress-level', type=int, default=1, choices=range(10), metavar='0-9',
+                        help='PNG compression of the records (BasicSR default 1: fast to decode)')
+    parser.add_argument('--resize', choices=('basicsr', 'matlab'), default=resize_default,
+                        help='bicubic rounding: basicsr = basicsr imresize (one rounding), '
+                        'matlab = MATLAB uint8 imresize (rounding after each axis)')
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cli(main_func, argv=None):
+    """Run ``main_func(argv)`` as a command: one-line message and exit status 2 on DataPrepError, 130 on Ctrl-C or
+    SIGTERM (both clean up the temporary outputs)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    try:
+        main_func(argv)
+    except DataPrepError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted: no output was written under its final name', file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+    return 0

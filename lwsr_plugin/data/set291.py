@@ -1,0 +1,89 @@
+"""The 291 training set (91 images of Yang et al. + 200 BSD images) with IDN's offline augmentation -> LMDBs.
+
+IDN (Hui et al., CVPR 2018, §4.1.1) augments every image by rotation 0/90/180/270, horizontal flip and downscaling
+by 1.0/0.9/0.8/0.7/0.6: 4 x 2 x 5 = 40 versions per image, 11,640 for 291 images. Each version is mod-cropped to
+the lcm of the scales and its LR is MATLAB bicubic of that very HR record, so ``LR = imresize(HR, 1/s)`` holds
+record by record. ``--y-only`` stores the Y channel (IDN trains on Y) as 1-channel PNGs.
+
+Outputs in ``--out``: ``<name>_HR.lmdb`` and ``<name>_LR_bicubic_X<s>.lmdb`` (``<name>`` = ``291`` or
+``291_Y``, as the IDN option files expect), keys ``<stem>_d<10*factor>_r<deg>_f<0|1>`` (e.g. ``t1_d09_r090_f1``).
+
+Run: ``python -m lwsr_plugin.data.set291 --input datasets/T91 datasets/BSD200 --out datasets/291``.
+"""
+import os
+from functools import partial
+
+import numpy as np
+
+from .images import DataPrepError, check_keys, encode_png, lcm, list_images, mod_crop, read_image, to_y
+from .pipeline import add_lmdb_args, base_parser, cli, write_lmdbs
+from .resize import bicubic_downscale
+
+FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6)
+ROTATIONS = (0, 90, 180, 270)
+
+
+def augment_versions(img, factors=FACTORS, resize='basicsr'):
+    """Yield (suffix, image) for the 40 IDN versions: downscale x rotation (counter-clockwise) x horizontal flip."""
+    for factor in factors:
+        base = img if factor == 1.0 else bicubic_downscale(img, factor, resize)
+        for deg in ROTATIONS:
+            rotated = np.rot90(base, deg // 90)
+            for flip in (0, 1):
+                version = rotated[:, ::-1] if flip else rotated
+                yield f'd{round(factor * 10):02d}_r{deg:03d}_f{flip}', np.ascontiguousarray(version)
+
+
+def process_image(job, scales, y_only, factors, resize, compress_level):
+    """One source image -> {'HR': 40 records, scale: 40 records}."""
+    key, path = job
+    img = read_image(path)
+    if y_only:
+        img = to_y(img)
+    mod = lcm(scales)
+    out = {'HR': [], **{s: [] for s in scales}}
+    for suffix, version in augment_versions(img, factors, resize):
+        hr = mod_crop(version, mod)
+        if hr.shape[0] < mod or hr.shape[1] < mod:
+            raise DataPrepError(f'{path}: too small ({img.shape[1]}x{img.shape[0]}) for scale {mod} after {suffix}')
+        name = f'{key}_{suffix}'
+        out['HR'].append((name, *encode_png(hr, compress_level)))
+        for s in scales:
+            out[s].append((name, *encode_png(bicubic_downscale(hr, 1 / s, resize), compress_level)))
+    return out
+
+
+def parse_args(argv=None):
+    parser = base_parser("IDN's augmented 291 set (T91 + BSD200 folders) -> BasicSR HR/LR LMDBs.")
+    parser.add_argument('--input', nargs='+', required=True, help='image folders (e.g. T91 BSD200)')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--name', default='291', help='output name prefix')
+    parser.add_argument('--y-only', action='store_true', help='store the Y channel only (1-channel records)')
+    parser.add_argument('--factors', type=float, nargs='+', default=list(FACTORS), help='downscale factors')
+    add_lmdb_args(parser)
+    return parser.parse_args(argv)
+
+
+def run(argv=None):
+    """Entry point body."""
+    args = parse_args(argv)
+    paths = [p for folder in args.input for p in list_images(folder)]
+    keys = check_keys(paths)
+    name = args.name + ('_Y' if args.y_only else '')
+    outputs = {'HR': os.path.join(args.out, f'{name}_HR.lmdb')}
+    outputs.update({s: os.path.join(args.out, f'{name}_LR_bicubic_X{s}.lmdb') for s in args.scales})
+    n_versions = len(args.factors) * len(ROTATIONS) * 2
+    print(f'291: {len(keys)} images x {n_versions} versions = {len(keys) * n_versions} HR records, '
+          f'scales {args.scales}')
+    func = partial(process_image, scales=args.scales, y_only=args.y_only, factors=args.factors, resize=args.resize,
+                   compress_level=args.compress_level)
+    write_lmdbs(outputs, func, list(keys.items()), args.workers, args.overwrite, args.compress_level, name)
+
+
+def main(argv=None):
+    """Console command ``lwsr-prepare-291``."""
+    return cli(run, argv)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
