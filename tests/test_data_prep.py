@@ -154,6 +154,20 @@ def test_291_augmentation_count_and_lr(tmp_path, datasets_dir):
     assert check_lmdb.main([hr_db, lr_db]) == 0
 
 
+def test_291_min_size_leaves_out_small_versions(tmp_path, datasets_dir):
+    """t20 is 78x78, the smallest T91 image: at 0.9 and below it is under 78 px, IDN's largest Table 1 patch, so
+    --min-size 78 keeps only its 8 full-size versions."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    shutil.copy(os.path.join(datasets_dir, 'T91', 't20.png'), src)
+    out = tmp_path / 'out'
+    assert set291.main(['--input', str(src), '--out', str(out), '--scales', '2', '--workers', '1', '--min-size',
+                        '78']) == 0
+    meta = read_meta_info(str(out / '291_HR.lmdb'))
+    assert len(meta) == 8 and all(shape[:2] == (78, 78) for shape, _ in meta.values())
+    assert 't20_d10_r090_f1' in meta and 't20_d09_r000_f0' not in meta
+
+
 def test_291_y_only_gives_one_channel_records(tmp_path, datasets_dir):
     src = tmp_path / 'src'
     src.mkdir()

@@ -28,8 +28,19 @@ def _photo(name):
     return img[..., :3][..., ::-1].copy()  # RGB -> BGR, as cv2/BasicSR store images
 
 
+TILE = 192  # training photos are cut into tiles (BasicSR's sub-image idea): a 96-px crop then decodes a small PNG
+
+
+def _tiles(img, tile):
+    h, w = img.shape[:2]
+    for y in range(0, h - tile + 1, tile):
+        for x in range(0, w - tile + 1, tile):
+            yield f'_{y // tile}{x // tile:02d}', img[y:y + tile, x:x + tile]
+
+
 def build_dataset(root, scale=SCALE):
-    """Writes ``<root>/{train,val}/HR`` and ``LR_bicubic/X<scale>`` from scikit-image's sample photos."""
+    """Writes ``<root>/{train,val}/HR`` and ``LR_bicubic/X<scale>`` from scikit-image's sample photos: training photos
+    as 192x192 tiles, the validation photo whole (mod-cropped)."""
     import cv2
     import numpy as np
     from basicsr.utils.matlab_functions import imresize
@@ -43,10 +54,11 @@ def build_dataset(root, scale=SCALE):
             if max(img.shape[:2]) > 800:  # keep the few huge photos from dominating the crops and the I/O
                 img = (imresize(img.astype(np.float64) / 255., 0.5).clip(0, 1) * 255).round().astype(np.uint8)
             h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
-            hr = img[:h, :w]
-            lr = (imresize(hr.astype(np.float64) / 255., 1 / scale).clip(0, 1) * 255).round().astype(np.uint8)
-            cv2.imwrite(os.path.join(hr_dir, f'{name}.png'), hr)
-            cv2.imwrite(os.path.join(lr_dir, f'{name}x{scale}.png'), lr)
+            pieces = _tiles(img, TILE) if split == 'train' else [('', img[:h, :w])]
+            for suffix, hr in pieces:
+                lr = (imresize(hr.astype(np.float64) / 255., 1 / scale).clip(0, 1) * 255).round().astype(np.uint8)
+                cv2.imwrite(os.path.join(hr_dir, f'{name}{suffix}.png'), hr)
+                cv2.imwrite(os.path.join(lr_dir, f'{name}{suffix}x{scale}.png'), lr)
     return root
 
 
@@ -64,7 +76,7 @@ def demo_options(data_root, total_iter, num_feat, num_block, name):
                 'dataroot_gt': f'{data_root}/train/HR', 'dataroot_lq': f'{data_root}/train/LR_bicubic/X{s}',
                 'filename_tmpl': f'{{}}x{s}', 'io_backend': {'type': 'disk'},
                 'gt_size': 96, 'use_hflip': True, 'use_rot': True,
-                'num_worker_per_gpu': 0, 'batch_size_per_gpu': 16, 'dataset_enlarge_ratio': 2000,
+                'num_worker_per_gpu': 1, 'batch_size_per_gpu': 16, 'dataset_enlarge_ratio': 2000,
                 'prefetch_mode': None,
             },
             'val': {

@@ -34,8 +34,10 @@ def augment_versions(img, factors=FACTORS, resize='basicsr'):
                 yield f'd{round(factor * 10):02d}_r{deg:03d}_f{flip}', np.ascontiguousarray(version)
 
 
-def process_image(job, scales, y_only, factors, resize, compress_level):
-    """One source image -> {'HR': 40 records, scale: 40 records}."""
+def process_image(job, scales, y_only, factors, resize, compress_level, min_size=0):
+    """One source image -> {'HR': 40 records, scale: 40 records}; versions whose HR side is below ``min_size`` are
+    left out (IDN's Caffe patch extraction yields nothing from an image smaller than its patch, and BasicSR's random
+    crop would stop the run on one)."""
     key, path = job
     img = read_image(path)
     if y_only:
@@ -46,6 +48,8 @@ def process_image(job, scales, y_only, factors, resize, compress_level):
         hr = mod_crop(version, mod)
         if hr.shape[0] < mod or hr.shape[1] < mod:
             raise DataPrepError(f'{path}: too small ({img.shape[1]}x{img.shape[0]}) for scale {mod} after {suffix}')
+        if min(hr.shape[:2]) < min_size:
+            continue
         name = f'{key}_{suffix}'
         out['HR'].append((name, *encode_png(hr, compress_level)))
         for s in scales:
@@ -60,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument('--name', default='291', help='output name prefix')
     parser.add_argument('--y-only', action='store_true', help='store the Y channel only (1-channel records)')
     parser.add_argument('--factors', type=float, nargs='+', default=list(FACTORS), help='downscale factors')
+    parser.add_argument('--min-size', type=int, default=0,
+                        help='leave out versions whose HR side is below this (e.g. 78: the largest IDN Table 1 patch, '
+                        'so that every record can give a training patch); default 0 keeps all 40 per image')
     add_lmdb_args(parser)
     return parser.parse_args(argv)
 
@@ -73,10 +80,11 @@ def run(argv=None):
     outputs = {'HR': os.path.join(args.out, f'{name}_HR.lmdb')}
     outputs.update({s: os.path.join(args.out, f'{name}_LR_bicubic_X{s}.lmdb') for s in args.scales})
     n_versions = len(args.factors) * len(ROTATIONS) * 2
-    print(f'291: {len(keys)} images x {n_versions} versions = {len(keys) * n_versions} HR records, '
+    skipped = f', versions under {args.min_size} px left out' if args.min_size else ''
+    print(f'291: {len(keys)} images x {n_versions} versions = {len(keys) * n_versions} HR records{skipped}, '
           f'scales {args.scales}')
     func = partial(process_image, scales=args.scales, y_only=args.y_only, factors=args.factors, resize=args.resize,
-                   compress_level=args.compress_level)
+                   compress_level=args.compress_level, min_size=args.min_size)
     write_lmdbs(outputs, func, list(keys.items()), args.workers, args.overwrite, args.compress_level, name)
 
 
