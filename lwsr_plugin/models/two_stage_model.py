@@ -42,15 +42,13 @@ def _smallest_training_image(dataset_opt):
         return None
     sizes = []
     if dataset_opt.get('io_backend', {}).get('type') == 'lmdb' or root.endswith('.lmdb'):
-        meta = os.path.join(root, 'meta_info.txt')
-        if not os.path.isfile(meta):
+        from lwsr_plugin.data.images import DataPrepError
+        from lwsr_plugin.data.lmdb_io import read_meta_info
+        try:
+            meta = read_meta_info(root)
+        except DataPrepError:
             return None
-        with open(meta) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2:  # "<key> (h,w,c) <level>"
-                    h, w = (int(v) for v in parts[1].strip('()').split(',')[:2])
-                    sizes.append((min(h, w), parts[0]))
+        sizes = [(min(shape[:2]), key) for key, (shape, _) in meta.items()]
     elif os.path.isdir(root):
         from PIL import Image
         for name in sorted(os.listdir(root)):
