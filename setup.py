@@ -86,7 +86,11 @@ setup(
         'tqdm',
         'scikit-image',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'onnx': ['onnx', 'onnxruntime'],
+        'report': ['matplotlib'],
+        'test': ['pytest', 'onnx', 'onnxruntime', 'matplotlib'],
+    },
     entry_points={
         'console_scripts': [
             'lwsr-train = lwsr_plugin.train:main',
@@ -97,6 +101,10 @@ setup(
             'lwsr-prepare-benchmark = lwsr_plugin.data.benchmark:main',
             'lwsr-check-lmdb = lwsr_plugin.data.check_lmdb:main',
             'lwsr-convert-idn = lwsr_plugin.convert.caffe_idn:main',
+            'lwsr-evaluate = lwsr_plugin.cli.evaluate:main',
+            'lwsr-report = lwsr_plugin.cli.report:main',
+            'lwsr-upscale = lwsr_plugin.cli.upscale:main',
+            'lwsr-export = lwsr_plugin.cli.export:main',
         ],
     },
     cmdclass=CMDCLASS,

@@ -9,7 +9,7 @@ from _utils import BIN, run
 
 @pytest.mark.slow
 def test_demo_beats_bicubic(tmp_path):
-    out = run([os.path.join(BIN, 'lwsr-demo'), '--output', str(tmp_path / 'demo')], cwd=tmp_path, timeout=900).stdout
+    out = run([os.path.join(BIN, 'lwsr-demo'), '--output', str(tmp_path / 'demo')], cwd=tmp_path, timeout=1500).stdout
     sr, bic = map(float, re.search(r'SR \(IMDN x4\) Y-PSNR ([\d.]+) dB \| bicubic Y-PSNR ([\d.]+) dB', out).groups())
     assert sr > bic, out[-2000:]
     images = os.listdir(tmp_path / 'demo' / 'images')

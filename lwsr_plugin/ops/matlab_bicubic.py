@@ -93,6 +93,37 @@ def imresize(x, scale=None, size=None, antialias=True):
     return torch.matmul(torch.matmul(mat_h, x), mat_w.t())
 
 
+def phase_kernels(scale):
+    """(scale, 6) float64 taps of MATLAB's bicubic upsampling by an integer ``scale``: output pixel ``scale*m + p``
+    (0-based) reads input pixels ``m-3 .. m+2`` with row ``p``. They depend on the phase only, not on the length."""
+    k = np.arange(-2, 4, dtype=np.float64)
+    centre = (np.arange(scale, dtype=np.float64) + 0.5) / scale + 0.5  # 1-based coordinate minus m, per phase
+    taps = _cubic(centre[:, None] - k[None, :])
+    return taps / taps.sum(axis=1, keepdims=True)
+
+
+def _upsample_axis(x, kernel, scale):
+    """Upsample the last axis of (B, 1, L, W) with phase taps ``kernel``; symmetric border as MATLAB's mirroring."""
+    # pixels -3..-1 mirror to 2, 1, 0 and L, L+1 to L-1, L-2 (MATLAB's 1 2 3 | 3 2 1); slices keep L symbolic
+    xp = torch.cat([x[..., 2:3], x[..., 1:2], x[..., 0:1], x,
+                    x[..., -1:], x[..., -2:-1]], dim=-1)
+    out = torch.nn.functional.conv2d(xp, kernel)  # (B, scale, L', W): one output channel per phase
+    b, _, h, w = out.shape
+    return out.permute(0, 2, 3, 1).reshape(b, 1, h, w * scale)
+
+
+def upsample_integer(x, scale):
+    """MATLAB ``imresize(x, scale, 'bicubic')`` for an integer ``scale`` >= 1 and sides >= 3, as two stride-free
+    convolutions with fixed phase taps. Equal to :func:`imresize` (dense matrices) to float rounding, but without
+    size-dependent constants, so it traces and exports to ONNX with dynamic H/W and costs O(HW) rather than O(H²W)."""
+    shape = x.shape
+    flat = x.reshape(-1, 1, shape[-2], shape[-1])
+    kernel = torch.from_numpy(phase_kernels(scale)).to(x.device, x.dtype).reshape(scale, 1, 1, 6)
+    out = _upsample_axis(flat, kernel, scale)  # width first here; MATLAB's order matters only at rounding level
+    out = _upsample_axis(out.transpose(-1, -2), kernel, scale).transpose(-1, -2)
+    return out.reshape(*shape[:-2], shape[-2] * scale, shape[-1] * scale)
+
+
 class MatlabBicubic(torch.nn.Module):
     """Module form of :func:`imresize` with a fixed scale (IDN's ``U`` in eq. 3)."""
 
@@ -102,6 +133,9 @@ class MatlabBicubic(torch.nn.Module):
         self.antialias = antialias
 
     def forward(self, x):
+        s = self.scale
+        if float(s).is_integer() and s >= 1 and min(x.shape[-2:]) >= 3:
+            return upsample_integer(x, int(s))
         return imresize(x, scale=self.scale, antialias=self.antialias)
 
     def extra_repr(self):

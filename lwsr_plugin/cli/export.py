@@ -1,0 +1,109 @@
+"""``lwsr-export``: write a network as ONNX with dynamic batch/height/width, check it with onnxruntime, time both.
+
+Examples::
+
+    lwsr-export --arch IMDN --scale 4 --ckpt IMDN_x4.pth -o imdn_x4.onnx
+    lwsr-export --arch IDN --scale 4 --ckpt IDN_x4.pth -o idn_x4.onnx --check-image Set5/LR_bicubic/X4/babyx4.png
+
+The check runs the ONNX model under onnxruntime (CPU) on ``--check-image`` (or a random 64x64 input) and reports the
+max |difference| to PyTorch and the median latency of each. Inputs are NCHW float32 in [0, 1] (RGB, or Y for IDN).
+"""
+import argparse
+import sys
+import time
+
+
+def export_onnx(net, path, in_ch, opset=17, sample_hw=(32, 32)):
+    """TorchScript-trace export with dynamic N/H/W axes (the traced graph reads sizes from the input)."""
+    import torch
+    sample = torch.rand(1, in_ch, *sample_hw)
+    axes = {0: 'batch', 2: 'height', 3: 'width'}
+    torch.onnx.export(net, (sample, ), path, input_names=['input'], output_names=['output'], opset_version=opset,
+                      dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
+    return path
+
+
+def median_time(fn, repeats=5):
+    fn()  # warm-up: allocators, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def check_onnx(net, path, x, repeats=5):
+    """(max |ORT - PyTorch|, PyTorch seconds, onnxruntime seconds) on input ``x`` (NCHW float32)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    feed = {'input': x.numpy()}
+    with torch.inference_mode():
+        ref = net(x).numpy()
+        t_torch = median_time(lambda: net(x), repeats)
+    out = sess.run(None, feed)[0]
+    t_ort = median_time(lambda: sess.run(None, feed), repeats)
+    return float(np.abs(out - ref).max()), t_torch, t_ort
+
+
+def image_tensor(path, in_ch):
+    """An image file as the network's input: RGB [0, 1], or its Y channel for 1-channel models."""
+    import numpy as np
+    import torch
+
+    from lwsr_plugin.cli.upscale import read_any
+    from basicsr.utils.color_util import bgr2ycbcr
+    img = read_any(path).astype(np.float32) / 255.
+    img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+    planes = bgr2ycbcr(img, y_only=True)[..., None] if in_ch == 1 else img[..., ::-1]
+    return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+
+
+def main(argv=None):
+    from lwsr_plugin.cli.upscale import _parse_kwargs
+    p = argparse.ArgumentParser(prog='lwsr-export', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-o', '--output', required=True, help='ONNX file to write')
+    p.add_argument('--arch', help='registered arch')
+    p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE')
+    p.add_argument('--scale', type=int)
+    p.add_argument('--opt', help='BasicSR option file (network_g)')
+    p.add_argument('--ckpt', help='checkpoint (BasicSR params/params_ema or official state dict)')
+    p.add_argument('--param-key', default='params_ema')
+    p.add_argument('--opset', type=int, default=17)
+    p.add_argument('--check-image', action='append', help='image(s) for the onnxruntime parity check')
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
+    p.add_argument('--tolerance', type=float, default=1e-4, help='max |ORT - PyTorch| accepted (default 1e-4)')
+    args = p.parse_args(argv)
+    import torch
+
+    from lwsr_plugin.inference import InferenceError, _in_channels, load_model, network_options
+    try:
+        net = load_model(network_options(args.arch, args.scale, _parse_kwargs(args.arch_kwarg), args.opt), args.ckpt,
+                         args.param_key)
+    except (InferenceError, KeyError, TypeError, ValueError) as err:
+        print(f'lwsr-export: {err}', file=sys.stderr)
+        return 2
+    in_ch = _in_channels(net)
+    export_onnx(net, args.output, in_ch, args.opset)
+    print(f'lwsr-export: wrote {args.output} ({type(net).__name__}, input N x {in_ch} x H x W, dynamic H/W)')
+    if args.no_check:
+        return 0
+    inputs = [image_tensor(f, in_ch) for f in args.check_image] if args.check_image else [torch.rand(1, in_ch, 64, 64)]
+    worst = 0.
+    for i, x in enumerate(inputs):
+        err, t_torch, t_ort = check_onnx(net, args.output, x)
+        worst = max(worst, err)
+        name = args.check_image[i] if args.check_image else 'random 64x64'
+        print(f'  {name} {tuple(x.shape[2:])}: max|ORT-PyTorch| {err:.2e}; latency PyTorch {t_torch * 1e3:.1f} ms, '
+              f'onnxruntime {t_ort * 1e3:.1f} ms ({t_ort / t_torch:.2f}x)')
+    if worst > args.tolerance:
+        print(f'lwsr-export: parity check failed: {worst:.2e} > {args.tolerance:.0e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

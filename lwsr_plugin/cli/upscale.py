@@ -1,0 +1,158 @@
+"""``lwsr-upscale``: upscale image files or folders with any registered arch.
+
+Examples::
+
+    lwsr-upscale LR/ -o SR/ --arch IMDN --scale 4 --ckpt IMDN_x4.pth
+    lwsr-upscale big.png -o SR/ --opt options/train_IMDN_x4.yml --ckpt net_g_latest.pth --tile 256 --bf16
+    lwsr-upscale photo.png -o SR/ --arch IMDN_AS --ckpt IMDN_AS.pth --outscale 3.5
+    lwsr-upscale LR/ -o SR/ --arch IDN --scale 4 --ckpt IDN_x4.pth      # Y-only: Y by IDN, CbCr bicubic
+
+Outputs are PNG files named after the inputs, same bit depth and channels (grey, RGB, RGBA). A file that cannot be
+read, or whose output exists without ``--overwrite``, is reported and skipped; the exit status is 1 if any failed.
+"""
+import argparse
+import os
+import sys
+
+from lwsr_plugin.data.images import IMG_EXTS
+
+
+def _parse_kwargs(items):
+    import yaml
+    kwargs = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise SystemExit(f'lwsr-upscale: --arch-kwarg {item!r} must be key=value.')
+        kwargs[key] = yaml.safe_load(value)
+    return kwargs
+
+
+def collect_inputs(inputs):
+    """(image paths, problems): folders are listed (hidden files skipped), files are taken as given."""
+    paths, problems = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            for name in sorted(os.listdir(item)):
+                full = os.path.join(item, name)
+                if not name.startswith('.') and os.path.isfile(full):
+                    paths.append(full)
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            problems.append(f'{item}: no such file or folder')
+    return paths, problems
+
+
+def read_any(path):
+    """cv2 image as stored (grey / BGR / BGRA, 8 or 16 bit); InferenceError with the cause otherwise."""
+    import cv2
+
+    from lwsr_plugin.inference import InferenceError
+    if not path.lower().endswith(IMG_EXTS):
+        raise InferenceError(f'unsupported format (expected one of {", ".join(IMG_EXTS)})')
+    if os.path.getsize(path) == 0:
+        raise InferenceError('empty file (0 bytes)')
+    try:
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise InferenceError(f'cannot decode image ({err})') from None
+    if img is None:
+        raise InferenceError('unreadable or corrupt image')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise InferenceError(f'{img.shape[2]} channels (grey, RGB or RGBA only)')
+    return img
+
+
+def write_png(path, img):
+    """PNG under a temporary name, renamed when complete (no half-written output under the final name)."""
+    import cv2
+    tmp = f'{path}.tmp-{os.getpid()}.png'
+    try:
+        if not cv2.imwrite(tmp, img):
+            raise OSError(f'cannot write {path}')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='lwsr-upscale', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('inputs', nargs='+', help='image files and/or folders')
+    p.add_argument('-o', '--output', required=True, help='output folder (created; must differ from input folders)')
+    p.add_argument('--arch', help='registered arch (IMDN, IMDN_AS, IMDN_RTC, IDN, DRN, SLWSR)')
+    p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE', help='arch argument, e.g. variant=DRN+')
+    p.add_argument('--scale', type=int, help='model scale (sets network_g.upscale)')
+    p.add_argument('--opt', help='BasicSR option file whose network_g builds the model')
+    p.add_argument('--ckpt', help='checkpoint: BasicSR .pth (params/params_ema) or an official state dict')
+    p.add_argument('--param-key', default='params_ema', help='key in the checkpoint (falls back to params)')
+    p.add_argument('--outscale', type=float, help='final scale (any value; IMDN_AS resizes its input to it)')
+    p.add_argument('--tile', type=int, default=0, help='LR tile side for memory-bounded inference (0: whole image)')
+    p.add_argument('--tile-overlap', type=int, default=8, help='LR context pixels around each tile')
+    p.add_argument('--tile-batch', type=int, default=4, help='tiles per forward pass')
+    p.add_argument('--ensemble', action='store_true', help='x8 self-ensemble (flips x rotations)')
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument('--bf16', action='store_true', help='bfloat16 weights and activations')
+    prec.add_argument('--half', action='store_true', help='float16 weights and activations (GPU)')
+    p.add_argument('--no-channels-last', action='store_true', help='keep NCHW memory format')
+    p.add_argument('--compile', action='store_true', help='torch.compile the network')
+    p.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or auto (default)")
+    p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import torch
+    from tqdm import tqdm
+
+    from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options
+    out_dir = os.path.abspath(args.output)
+    for item in args.inputs:
+        folder = os.path.abspath(item if os.path.isdir(item) else os.path.dirname(item) or '.')
+        if folder == out_dir:
+            print(f'lwsr-upscale: output folder {args.output} is the input folder {item}; choose another -o so that '
+                  'inputs are never overwritten.', file=sys.stderr)
+            return 2
+    device = args.device
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        net_opt = network_options(args.arch, args.scale, _parse_kwargs(args.arch_kwarg), args.opt)
+        net = load_model(net_opt, args.ckpt, args.param_key)
+        precision = 'bf16' if args.bf16 else 'fp16' if args.half else 'fp32'
+        up = Upscaler(net, device, args.tile, args.tile_overlap, args.tile_batch, args.ensemble, precision,
+                      not args.no_channels_last, args.compile)
+    except (InferenceError, KeyError, TypeError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f'lwsr-upscale: {msg}', file=sys.stderr)
+        return 2
+    if up.scale == 1 and args.outscale is None:
+        print(f'lwsr-upscale: {up.name} upscales to any size; give --outscale (e.g. 3.5).', file=sys.stderr)
+        return 2
+    paths, failures = collect_inputs(args.inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    for msg in failures:
+        tqdm.write(f'lwsr-upscale: {msg}', file=sys.stderr)
+    done = 0
+    for path in tqdm(paths, desc=f'{up.name} x{args.outscale or up.scale}', unit='img'):
+        target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
+        try:
+            if os.path.exists(target) and not args.overwrite:
+                raise InferenceError(f'{target} exists; pass --overwrite to replace it')
+            img = read_any(path)
+            write_png(target, up.upscale(img, args.outscale))
+            done += 1
+        except (InferenceError, OSError, RuntimeError) as err:
+            failures.append(f'{path}: {err}')
+            tqdm.write(f'lwsr-upscale: {path}: {err}', file=sys.stderr)
+    print(f'lwsr-upscale: {done} written to {out_dir}, {len(failures)} failed.')
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

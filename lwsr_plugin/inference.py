@@ -1,0 +1,225 @@
+"""Inference for every registered arch (issue 7): model loading, seam-free tiling, x8 self-ensemble, fast paths
+(channels_last, bf16/fp16, ``torch.compile``) and image-level handling (RGB, grey, RGBA, 8/16-bit, Y-only models).
+
+``load_model`` builds a network from an arch name + kwargs or from a BasicSR option file's ``network_g`` and loads a
+checkpoint (BasicSR ``params``/``params_ema`` or a plain official state dict). ``Upscaler`` runs it on numpy images.
+"""
+import inspect
+
+import numpy as np
+import torch
+
+import lwsr_plugin  # noqa: F401  (registers the archs)
+from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
+from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
+
+
+class InferenceError(ValueError):
+    """A bad model, checkpoint or image, reported as one line."""
+
+
+def network_options(arch=None, scale=None, arch_kwargs=None, opt_path=None):
+    """``network_g`` dict from an option file (``opt_path``) or from ``arch`` + kwargs; ``scale`` sets ``upscale``
+    when the arch takes one (and must agree with an option file's)."""
+    if opt_path:
+        from lwsr_plugin.cli.checks import _load_yaml
+        opt = _load_yaml(opt_path)
+        if not isinstance(opt, dict) or not opt.get('network_g'):
+            raise InferenceError(f'--opt {opt_path}: no network_g section (not a BasicSR option file).')
+        net_opt = dict(opt['network_g'])
+        if arch and arch != net_opt.get('type'):
+            raise InferenceError(f'--arch {arch} disagrees with network_g.type {net_opt.get("type")} in {opt_path}.')
+    else:
+        if not arch:
+            raise InferenceError('give --arch (a registered arch, e.g. IMDN) or --opt (a BasicSR option file).')
+        net_opt = dict(arch_kwargs or {}, type=arch)
+    cls = resolve_network(net_opt)
+    if scale is not None and 'upscale' in inspect.signature(cls).parameters:
+        if opt_path and 'upscale' in net_opt and int(net_opt['upscale']) != int(scale):
+            raise InferenceError(f'--scale {scale} disagrees with network_g.upscale {net_opt["upscale"]} in {opt_path}.')
+        net_opt['upscale'] = int(scale)
+    return net_opt
+
+
+def load_model(net_opt, ckpt=None, param_key='params_ema'):
+    """The network of ``net_opt`` in eval mode, with ``ckpt`` loaded strictly (clear error for another arch/scale)."""
+    opt = dict(net_opt)
+    cls = resolve_network(opt)
+    opt.pop('type')
+    try:
+        net = cls(**opt)
+    except (TypeError, ValueError) as err:
+        raise InferenceError(f'{cls.__name__}({opt}): {err}') from None
+    # image channels the net takes (the inner convs can be narrower than the input with small num_feat)
+    net.lwsr_in_ch = int(opt.get('num_in_ch', inspect.signature(cls).parameters['num_in_ch'].default))
+    if ckpt:
+        try:
+            state, _ = read_state_dict(ckpt, param_key)
+        except FileNotFoundError:
+            raise InferenceError(f'--ckpt {ckpt}: no such file.') from None
+        except Exception as err:  # a truncated or foreign file: pickle/zip errors of every kind
+            raise InferenceError(f'--ckpt {ckpt}: not a readable checkpoint ({type(err).__name__}: {err}).') from None
+        load_state_dict_checked(net, state, True, '--ckpt', ckpt)
+    return net.eval()
+
+
+def model_scale(net):
+    """Output/input size ratio of a network: its ``upscale``; 1 for IMDN_AS (input already resized)."""
+    return 1 if type(net).__name__ == 'IMDN_AS' else int(getattr(net, 'upscale', 1))
+
+
+def tile_starts(size, tile):
+    """Starts of the core tiles along one side: 0, tile, 2*tile, ... (the last core may be shorter)."""
+    return list(range(0, size, tile))
+
+
+def tiled_forward(forward, x, scale, tile, overlap=8, batch=4):
+    """Seam-free tiled inference: the image is cut into ``tile``-sided cores; each core is run inside a window grown
+    by ``overlap`` LR pixels of real context on every side (shifted inward at the borders, so all windows have one
+    size and run ``batch`` at a time), and only the core's output is kept. Every output pixel comes from exactly one
+    window, with no blending, so there is no seam and memory is bounded by the window batch."""
+    _, _, h, w = x.shape
+    if tile <= 0 or (h <= tile and w <= tile):
+        return forward(x)
+    win_h, win_w = min(tile + 2 * overlap, h), min(tile + 2 * overlap, w)
+    jobs = []
+    for y0 in tile_starts(h, tile):
+        for x0 in tile_starts(w, tile):
+            sy = min(max(y0 - overlap, 0), h - win_h)
+            sx = min(max(x0 - overlap, 0), w - win_w)
+            jobs.append((y0, min(y0 + tile, h), x0, min(x0 + tile, w), sy, sx))
+    out = None
+    for i in range(0, len(jobs), batch):
+        group = jobs[i:i + batch]
+        windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for _, _, _, _, sy, sx in group], dim=0)
+        res = forward(windows).split(x.shape[0], dim=0)
+        if out is None:
+            out = res[0].new_empty(x.shape[0], res[0].shape[1], h * scale, w * scale)
+        for (y0, y1, x0, x1, sy, sx), r in zip(group, res):
+            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale]
+    return out
+
+
+def self_ensemble(forward, x):
+    """x8 geometric self-ensemble (Lim et al., EDSR, CVPR-W 2017; used by DRN/IMDN '+' results): the input under
+    the 8 flips x 90-degree rotations, each output mapped back and averaged."""
+    acc = None
+    for k in range(4):
+        for flip in (False, True):
+            t = torch.rot90(x, k, dims=(-2, -1))
+            t = t.flip(-1) if flip else t
+            y = forward(t).float()
+            y = y.flip(-1) if flip else y
+            y = torch.rot90(y, -k, dims=(-2, -1))
+            acc = y if acc is None else acc + y
+    return acc / 8
+
+
+class Upscaler:
+    """Runs a network on images: tiling, ensemble, precision and memory layout options, image kinds.
+
+    Args:
+        net (nn.Module): The network (eval mode), inputs and outputs in [0, 1].
+        device (str): 'cpu', 'cuda', 'cuda:1', ...
+        tile (int): LR core tile side; 0 = whole image. Default: 0.
+        tile_overlap (int): LR context pixels around each tile. Default: 8.
+        tile_batch (int): Tiles per forward. Default: 4.
+        ensemble (bool): x8 self-ensemble. Default: False.
+        precision (str): 'fp32', 'bf16' or 'fp16' (weights and activations in that type). Default: 'fp32'.
+        channels_last (bool): NHWC memory format (faster oneDNN/cuDNN convs). Default: True.
+        compile (bool): ``torch.compile`` the network. Default: False.
+    """
+
+    DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+    def __init__(self, net, device='cpu', tile=0, tile_overlap=8, tile_batch=4, ensemble=False, precision='fp32',
+                 channels_last=True, compile=False):
+        if precision not in self.DTYPES:
+            raise InferenceError(f'precision must be one of {sorted(self.DTYPES)}, got {precision!r}.')
+        self.device = torch.device(device)
+        self.dtype = self.DTYPES[precision]
+        self.scale = model_scale(net)
+        self.in_ch = _in_channels(net)
+        self.name = type(net).__name__
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        net = net.to(self.device, self.dtype).to(memory_format=self.memory_format)
+        self.net = torch.compile(net) if compile else net
+        self.tile, self.tile_overlap, self.tile_batch, self.ensemble = tile, tile_overlap, tile_batch, ensemble
+
+    def _forward(self, x):
+        return self.net(x.to(self.dtype).contiguous(memory_format=self.memory_format))
+
+    @torch.inference_mode()
+    def run_tensor(self, x):
+        """(N, C, H, W) float in [0, 1] -> float32 output in [0, 1] on the device."""
+        x = x.to(self.device)
+
+        def one(t):
+            return tiled_forward(self._forward, t, self.scale, self.tile, self.tile_overlap, self.tile_batch).float()
+
+        out = self_ensemble(one, x) if self.ensemble else one(x)
+        return out.clamp_(0, 1)
+
+    def _run_planes(self, planes):
+        """HWC float32 [0, 1] with ``self.in_ch`` channels -> HWC float32 output (clamped)."""
+        t = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+        return self.run_tensor(t)[0].cpu().numpy().transpose(1, 2, 0)
+
+    def upscale(self, img, outscale=None):
+        """Upscale a cv2 image (HW grey, HWC BGR or BGRA; uint8 or uint16) by the model's scale, or by ``outscale``
+        (IMDN_AS: bicubic to the target size first; other archs: bicubic resize of the SR result). Returns an image of
+        the same kind and dtype."""
+        from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
+        if img.dtype not in (np.uint8, np.uint16):
+            raise InferenceError(f'unsupported pixel type {img.dtype} (8- or 16-bit images only).')
+        peak = float(np.iinfo(img.dtype).max)
+        f = img.astype(np.float32) / peak
+        grey = f.ndim == 2
+        if grey:
+            f = f[..., None]
+        alpha = f[..., 3:] if f.shape[2] == 4 else None
+        colour = f[..., :3]
+        h, w = colour.shape[:2]
+        target = None
+        if outscale is not None:
+            target = (max(1, round(h * outscale)), max(1, round(w * outscale)))
+            if self.scale == 1:  # any-scale model (IMDN_AS): its input is the LR image resized to the target
+                colour = _resize(colour, target)
+        if self.in_ch == 1 and colour.shape[2] == 3:  # Y-only model: SR on Y, MATLAB bicubic on Cb/Cr (IDN §4.1)
+            ycc = bgr2ycbcr(colour)
+            y = self._run_planes(ycc[..., :1])
+            cbcr = _resize(ycc[..., 1:], y.shape[:2])
+            out = ycbcr2bgr(np.concatenate([y, cbcr], axis=2))
+        elif self.in_ch == 3 and colour.shape[2] == 1:
+            out = self._run_planes(np.repeat(colour, 3, axis=2)).mean(axis=2, keepdims=True)
+        else:  # cv2 order is BGR, the networks take RGB
+            out = self._run_planes(colour[..., ::-1])[..., ::-1] if colour.shape[2] == 3 else self._run_planes(colour)
+        if target is not None and out.shape[:2] != target:
+            out = _resize(out, target)
+        if alpha is not None:  # alpha is a mask, not a photo: bicubic keeps its edges without SR artefacts
+            out = np.concatenate([out, _resize(alpha, out.shape[:2])], axis=2)
+        out = np.multiply(out, peak, dtype=np.float32)  # in-place steps: a 8000x8000 RGB float image is 768 MB
+        np.round(out, out=out)
+        out = np.clip(out, 0, peak, out=out).astype(img.dtype)
+        return out[..., 0] if grey else out
+
+
+def _in_channels(net):
+    """Image channels a network takes: as built by ``load_model``, else the narrowest conv input."""
+    if hasattr(net, 'lwsr_in_ch'):
+        return net.lwsr_in_ch
+    return min(m.in_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def _resize(planes, size):
+    """MATLAB bicubic resize of HWC float planes to ``size`` (antialiased when shrinking), clamped to [0, 1]."""
+    size = tuple(size)
+    if planes.shape[:2] == size:
+        return planes
+    t = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))
+    h, w = planes.shape[:2]
+    s = size[0] // h
+    if s >= 1 and size == (h * s, w * s) and min(h, w) >= 3:  # integer upscale: O(HW) convs, not dense matrices
+        return upsample_integer(t, s).clamp_(0, 1).numpy().transpose(1, 2, 0)
+    return imresize(t, size=size).clamp_(0, 1).numpy().transpose(1, 2, 0)

@@ -1,0 +1,127 @@
+"""Evaluation tools: IFC against IDN's Table 3, self-ensemble through the test path, the model report and its plot,
+and skipping of absent test sets."""
+import glob
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import lwsr_plugin  # noqa: F401  (registration)
+from _utils import PY, link_datasets, run
+from lwsr_plugin.cli.evaluate import drop_absent_datasets
+from lwsr_plugin.cli.report import build, count_macs, count_parameters, plot_results
+from lwsr_plugin.metrics.ifc_metric import calculate_ifc
+from lwsr_plugin.ops.matlab_bicubic import imresize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IDN_TABLE3_BICUBIC_SET5 = {2: 6.083, 3: 3.580, 4: 2.329}
+
+
+def _bicubic_set5(datasets_dir, scale):
+    """(bicubic upscaled LR, HR) pairs of Set5, MATLAB bicubic, uint8 BGR, HR cut to the LR grid."""
+    pairs = []
+    for hr_path in sorted(glob.glob(os.path.join(datasets_dir, 'Set5', 'HR', '*.png'))):
+        name = os.path.splitext(os.path.basename(hr_path))[0]
+        lr = cv2.imread(os.path.join(datasets_dir, 'Set5', 'LR_bicubic', f'X{scale}', f'{name}x{scale}.png'))
+        up = imresize(torch.from_numpy(lr.astype(np.float64)).permute(2, 0, 1)[None], scale=scale, antialias=False)
+        up = np.clip(np.round(up[0].permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
+        hr = cv2.imread(hr_path)[:up.shape[0], :up.shape[1]]
+        pairs.append((up, hr))
+    return pairs
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_ifc_bicubic_set5_matches_idn_table3(datasets_dir, scale):
+    pairs = _bicubic_set5(datasets_dir, scale)
+    value = np.mean([calculate_ifc(up, hr, crop_border=scale) for up, hr in pairs])
+    assert abs(value / IDN_TABLE3_BICUBIC_SET5[scale] - 1) <= 0.03, value
+
+
+def test_ifc_perfect_beats_degraded(datasets_dir):
+    up, hr = _bicubic_set5(datasets_dir, 4)[2]
+    perfect = calculate_ifc(hr, hr, crop_border=4)
+    noisy = np.clip(hr + np.random.default_rng(0).normal(0, 2, hr.shape), 0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(hr, (3, 3), 0.5)
+    degraded = [calculate_ifc(x, hr, crop_border=4) for x in (up, noisy, blurred)]
+    assert all(perfect > d > 0 for d in degraded), (perfect, degraded)
+
+
+def _metrics(log):
+    """{dataset: {metric: value}} from BasicSR's validation log."""
+    return {name: {k: float(v) for k, v in re.findall(r'# (\w+): ([\d.]+)', block)}
+            for name, block in re.findall(r'Validation (\w+)\n((?:\s+# \w+: [\d.]+.*\n)+)', log)}
+
+
+@pytest.mark.slow
+def test_self_ensemble_and_ifc_through_test_path(tmp_path, datasets_dir, shared):
+    """IMDN x4 Set5 with the official weights through lwsr-evaluate: IFC from the YAML, self-ensemble raises PSNR,
+    and the absent Manga109 is skipped."""
+    work = link_datasets(tmp_path, datasets_dir)
+    with open(os.path.join(REPO, 'options', 'test_IMDN_x4.yml'), encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    opt['datasets'] = {k: v for k, v in opt['datasets'].items() if v['name'] in ('Set5', 'Manga109')}
+    opt.update(model_type='LWSRModel', num_gpu=0)
+    opt['path']['pretrain_network_g'] = shared('anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth')
+    opt['val']['save_img'] = False
+    opt['val']['metrics']['ifc'] = {'type': 'calculate_ifc', 'crop_border': 4, 'test_y_channel': True}
+    found = {}
+    for ensemble in (False, True):
+        opt['name'] = f'imdn_x4_se{int(ensemble)}'
+        opt['val']['self_ensemble'] = ensemble
+        path = tmp_path / f'{opt["name"]}.yml'
+        path.write_text(yaml.safe_dump(opt, sort_keys=False))
+        out = run([PY, '-m', 'lwsr_plugin.cli.evaluate', '-opt', str(path)], cwd=work, timeout=600).stdout
+        assert 'skipped Manga109' in out
+        found[ensemble] = _metrics(out)['Set5']
+    assert abs(found[False]['psnr'] - 32.2096) <= 0.01
+    assert found[True]['psnr'] > found[False]['psnr'] + 0.05, found
+    assert found[True]['ifc'] > found[False]['ifc'] > 3
+
+
+def test_absent_dataset_is_skipped(tmp_path, datasets_dir):
+    link_datasets(tmp_path, datasets_dir)
+    with open(os.path.join(REPO, 'options', 'test_IMDN_x2.yml'), encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    messages = []
+    skipped = drop_absent_datasets(opt, root=str(tmp_path), log=messages.append)
+    kept = [d['name'] for d in opt['datasets'].values()]
+    assert set(skipped) == {'Urban100', 'Manga109'} and kept == ['Set5', 'Set14', 'BSD100'], (skipped, kept)
+    assert all(m.startswith('skipped ') for m in messages)
+
+
+def test_every_arch_and_scale_has_a_test_yaml():
+    for name in ('IMDN', 'IDN', 'DRN', 'DRNplus', 'sLWSR32'):
+        for scale in (2, 3, 4):
+            path = os.path.join(REPO, 'options', f'test_{name}_x{scale}.yml')
+            with open(path, encoding='utf-8') as f:
+                opt = yaml.safe_load(f)
+            sets = [d['name'] for d in opt['datasets'].values()]
+            assert sets == ['Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109'], (path, sets)
+            assert opt['scale'] == scale
+
+
+@pytest.mark.parametrize('key, scale, paper', [('IMDN', 2, 694e3), ('IMDN', 3, 703e3), ('IMDN', 4, 715e3),
+                                               ('IDN', 4, 553e3), ('sLWSR16', 4, 144e3), ('sLWSR32', 4, 571e3),
+                                               ('sLWSR64', 4, 2277e3)])
+def test_report_parameters_equal_papers(key, scale, paper):
+    assert round(count_parameters(build(key, scale)), -3) == paper
+
+
+def test_report_imdn_x4_macs_match_table7():
+    net = build('IMDN', 4)
+    macs, out = count_macs(net, (1, 3, 48, 48))
+    per_pixel = macs / out[0, 0].numel()
+    assert abs(per_pixel / 45e3 - 1) < 0.03, per_pixel  # Table 7: 45K per HR pixel
+    assert abs(per_pixel * 1280 * 720 / 1e9 - 41.5) < 1.5
+
+
+def test_plot_written(tmp_path):
+    results = tmp_path / 'results.csv'
+    results.write_text('name,params,psnr\nIMDN,715176,32.21\nIDN,552769,31.82\ns-LWSR16,143731,31.62\n')
+    png = plot_results(str(results), str(tmp_path / 'plot.png'))
+    img = cv2.imread(png)
+    assert img is not None and img.shape[0] > 200 and img.std() > 5
