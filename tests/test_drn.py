@@ -181,5 +181,6 @@ def test_option_files(name):
         assert opt['train']['optim_g']['betas'] == [0.9, 0.999] and opt['train']['optim_g']['eps'] == 1e-8
         assert opt['train']['scheduler']['milestones'][0] == 200000 and opt['train']['pixel_opt']['type'] == 'L1Loss'
     else:
-        assert [d['name'] for d in opt['datasets'].values()] == ['Set5', 'Set14', 'BSD100']
+        # the paper's Table 3 sets, plus Urban100/Manga109 (skipped by lwsr-test when absent)
+        assert [d['name'] for d in opt['datasets'].values()] == ['Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109']
         assert all(d['filename_tmpl'] == f'{{}}x{scale}' for d in opt['datasets'].values())
