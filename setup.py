@@ -103,6 +103,7 @@ setup(
             'lwsr-convert-idn = lwsr_plugin.convert.caffe_idn:main',
             'lwsr-evaluate = lwsr_plugin.cli.evaluate:main',
             'lwsr-report = lwsr_plugin.cli.report:main',
+            'lwsr-compare = lwsr_plugin.cli.compare:main',
             'lwsr-upscale = lwsr_plugin.cli.upscale:main',
             'lwsr-export = lwsr_plugin.cli.export:main',
         ],

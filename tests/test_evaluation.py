@@ -125,3 +125,19 @@ def test_plot_written(tmp_path):
     png = plot_results(str(results), str(tmp_path / 'plot.png'))
     img = cv2.imread(png)
     assert img is not None and img.shape[0] > 200 and img.std() > 5
+
+
+def test_compare_figure(tmp_path, shared):
+    """lwsr-compare: zoomed crops of bicubic | model | HR with captions, and a clear error for a bad crop."""
+    from lwsr_plugin.cli import compare
+    hr = shared('datasets', 'Set5', 'HR', 'bird.png')
+    lr = shared('datasets', 'Set5', 'LR_bicubic', 'X4', 'birdx4.png')
+    ckpt = shared('anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth')
+    out = tmp_path / 'fig.png'
+    assert compare.main(['--hr', hr, '--lr', lr, '--scale', '4', '--model', f'IMDN=IMDN:{ckpt}', '--crop',
+                         '100,100,48,48', '-o', str(out)]) == 0
+    fig = cv2.imread(str(out))
+    assert fig is not None and fig.shape[0] == 48 * 4 + 28 and fig.shape[1] > 3 * 48 * 4
+    with pytest.raises(SystemExit, match='outside the 288x288 HR image'):
+        compare.main(['--hr', hr, '--lr', lr, '--scale', '4', '--model', f'IMDN=IMDN:{ckpt}', '--crop',
+                      '280,0,48,48', '-o', str(out)])

@@ -1,0 +1,122 @@
+"""``lwsr-compare``: a visual-comparison figure like the papers' (IMDN Fig. 8, IDN Fig. 6): for each image, the HR
+with the crop box, then zoomed crops of bicubic, every model and the ground truth, with Y-PSNR/SSIM (whole image,
+border shaved by the scale) in each caption.
+
+    lwsr-compare --hr datasets/Set5/HR/butterfly.png --lr datasets/Set5/LR_bicubic/X4/butterflyx4.png --scale 4 \\
+        --model IMDN=IMDN:IMDN_x4.pth --model IDN=IDN:IDN_x4.pth --crop 100,60,64,64 -o butterfly_x4.png
+
+``--model LABEL=ARCH:CKPT`` (repeatable); without ``--lr`` the LR image is made from the HR by MATLAB bicubic.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options
+
+
+def _parse_model(text):
+    label, _, rest = text.partition('=')
+    arch, _, ckpt = rest.partition(':')
+    if not label or not arch:
+        raise InferenceError(f'--model {text!r}: expected LABEL=ARCH:CKPT, e.g. IMDN=IMDN:IMDN_x4.pth')
+    return label, arch, ckpt or None
+
+
+def _metrics(sr, hr, scale):
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+    kw = dict(crop_border=scale, test_y_channel=True)
+    return calculate_psnr(sr, hr, **kw), calculate_ssim(sr, hr, **kw)
+
+
+def _caption(panel, text, width):
+    """Panel with a white caption strip under it (cv2 text, no font files needed)."""
+    import cv2
+    strip = np.full((28, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([panel, strip], axis=0)
+
+
+def compare_figure(hr, lr, scale, models, crop, zoom=4):
+    """The figure (uint8 BGR) and ``[(label, psnr, ssim)]`` for one image. ``models``: [(label, Upscaler)]."""
+    import cv2
+    from basicsr.utils.matlab_functions import imresize
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    hr = hr[:h, :w]
+    x, y, cw, ch = crop
+    if x < 0 or y < 0 or cw <= 0 or ch <= 0 or x + cw > w or y + ch > h:
+        raise InferenceError(f'--crop {crop} is outside the {w}x{h} HR image.')
+    bicubic = (imresize(lr.astype(np.float64) / 255., scale).clip(0, 1) * 255.).round().astype(np.uint8)
+    results = [('Bicubic', bicubic)] + [(label, up.upscale(lr)) for label, up in models] + [('HR', hr)]
+    panels, scores = [], []
+    size = (cw * zoom, ch * zoom)
+    for label, img in results:
+        zoomed = cv2.resize(img[y:y + ch, x:x + cw], size, interpolation=cv2.INTER_NEAREST)
+        if label == 'HR':
+            text = 'HR (PSNR/SSIM)'
+        else:
+            psnr, ssim = _metrics(img, hr, scale)
+            scores.append((label, psnr, ssim))
+            text = f'{label} {psnr:.2f}/{ssim:.4f}'
+        panels.append(_caption(zoomed, text, size[0]))
+    overview = hr.copy()
+    cv2.rectangle(overview, (x, y), (x + cw - 1, y + ch - 1), (0, 0, 255), 2)
+    oh = panels[0].shape[0]
+    overview = cv2.resize(overview, (max(1, round(w * oh / h)), oh), interpolation=cv2.INTER_AREA)
+    gap = np.full((oh, 6, 3), 255, np.uint8)
+    row = [overview]
+    for panel in panels:
+        row += [gap, panel]
+    return np.concatenate(row, axis=1), scores
+
+
+def main(argv=None):
+    import cv2
+    from basicsr.utils.matlab_functions import imresize
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--hr', required=True, help='ground-truth image')
+    parser.add_argument('--lr', help='LR image (default: MATLAB bicubic downscale of --hr)')
+    parser.add_argument('--scale', type=int, required=True)
+    parser.add_argument('--model', action='append', required=True, help='LABEL=ARCH:CKPT (repeatable)')
+    parser.add_argument('--crop', required=True, help='x,y,w,h of the zoomed HR region')
+    parser.add_argument('--zoom', type=int, default=4)
+    parser.add_argument('--param-key', default='params_ema')
+    parser.add_argument('-o', '--output', required=True, help='figure PNG')
+    args = parser.parse_args(argv)
+    try:
+        hr = cv2.imread(args.hr, cv2.IMREAD_COLOR)
+        if hr is None:
+            raise InferenceError(f'--hr {args.hr}: not a readable image.')
+        if args.lr:
+            lr = cv2.imread(args.lr, cv2.IMREAD_COLOR)
+            if lr is None:
+                raise InferenceError(f'--lr {args.lr}: not a readable image.')
+        else:
+            h, w = hr.shape[0] - hr.shape[0] % args.scale, hr.shape[1] - hr.shape[1] % args.scale
+            lr = (imresize(hr[:h, :w].astype(np.float64) / 255., 1 / args.scale).clip(0, 1) * 255).round()
+            lr = lr.astype(np.uint8)
+        if lr.shape[0] * args.scale > hr.shape[0] or lr.shape[1] * args.scale > hr.shape[1]:
+            raise InferenceError(f'--lr is {lr.shape[1]}x{lr.shape[0]}: times {args.scale} it exceeds the HR '
+                                 f'{hr.shape[1]}x{hr.shape[0]}; wrong --scale?')
+        crop = tuple(int(v) for v in args.crop.split(','))
+        if len(crop) != 4:
+            raise InferenceError(f'--crop {args.crop}: expected x,y,w,h')
+        models = []
+        for text in args.model:
+            label, arch, ckpt = _parse_model(text)
+            net = load_model(network_options(arch, args.scale), ckpt, args.param_key)
+            models.append((label, Upscaler(net)))
+        figure, scores = compare_figure(hr, lr, args.scale, models, crop, args.zoom)
+    except (InferenceError, ValueError) as err:
+        sys.exit(f'lwsr-compare: {err}')
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    cv2.imwrite(args.output, figure)
+    for label, psnr, ssim in scores:
+        print(f'{label}: Y-PSNR {psnr:.4f} dB, SSIM {ssim:.4f}')
+    print(f'wrote {args.output} ({figure.shape[1]}x{figure.shape[0]})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
