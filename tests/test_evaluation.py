@@ -12,6 +12,7 @@ import yaml
 
 import lwsr_plugin  # noqa: F401  (registration)
 from _utils import PY, link_datasets, run
+from basicsr.utils.registry import ARCH_REGISTRY
 from lwsr_plugin.cli.evaluate import drop_absent_datasets
 from lwsr_plugin.cli.report import build, count_macs, count_parameters, plot_results
 from lwsr_plugin.metrics.ifc_metric import calculate_ifc
@@ -94,14 +95,18 @@ def test_absent_dataset_is_skipped(tmp_path, datasets_dir):
 
 
 def test_every_arch_and_scale_has_a_test_yaml():
-    for name in ('IMDN', 'IDN', 'DRN', 'DRNplus', 'sLWSR32'):
-        for scale in (2, 3, 4):
-            path = os.path.join(REPO, 'options', f'test_{name}_x{scale}.yml')
-            with open(path, encoding='utf-8') as f:
-                opt = yaml.safe_load(f)
-            sets = [d['name'] for d in opt['datasets'].values()]
-            assert sets == ['Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109'], (path, sets)
-            assert opt['scale'] == scale
+    shipped = [(name, scale) for name in ('IMDN', 'IDN', 'DRN', 'DRNplus', 'sLWSR16', 'sLWSR32', 'sLWSR64')
+               for scale in (2, 3, 4)] + [('IMDN_AS', s) for s in (2, 3, 4)] + [('IMDN_RTC', 2), ('sLWSR32C', 4)]
+    for name, scale in shipped:
+        path = os.path.join(REPO, 'options', f'test_{name}_x{scale}.yml')
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+        sets = [d['name'] for d in opt['datasets'].values()]
+        assert sets == ['Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109'], (path, sets)
+        assert opt['scale'] == scale == opt['network_g'].get('upscale', scale)  # IMDN_AS: output size = input size
+        with torch.device('meta'):  # the network of every test YAML builds with its scale
+            net_opt = dict(opt['network_g'])
+            ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
 
 
 @pytest.mark.parametrize('key, scale, paper', [('IMDN', 2, 694e3), ('IMDN', 3, 703e3), ('IMDN', 4, 715e3),
@@ -141,3 +146,19 @@ def test_compare_figure(tmp_path, shared):
     with pytest.raises(SystemExit, match='outside the 288x288 HR image'):
         compare.main(['--hr', hr, '--lr', lr, '--scale', '4', '--model', f'IMDN=IMDN:{ckpt}', '--crop',
                       '280,0,48,48', '-o', str(out)])
+
+
+def test_upsampled_paired_dataset_feeds_imdn_as(datasets_dir):
+    """IMDN_AS's test path: LR resized (MATLAB bicubic) to the trimmed HR size, equal to BasicSR's imresize."""
+    from basicsr.data import build_dataset
+    from basicsr.utils.matlab_functions import imresize
+    ds = build_dataset({'name': 'Set5', 'type': 'UpsampledPairedImageDataset', 'phase': 'test', 'scale': 3,
+                        'dataroot_gt': os.path.join(datasets_dir, 'Set5', 'HR'),
+                        'dataroot_lq': os.path.join(datasets_dir, 'Set5', 'LR_bicubic', 'X3'),
+                        'filename_tmpl': '{}x3', 'io_backend': {'type': 'disk'}})
+    item = next(ds[i] for i in range(len(ds)) if 'woman' in ds[i]['lq_path'])  # 344x228 HR, 114x76 LR
+    # the HR is trimmed to 3 x LR = 342x228 and the LR resized to it
+    assert item['lq'].shape == item['gt'].shape == (3, 342, 228)
+    lr = cv2.imread(os.path.join(datasets_dir, 'Set5', 'LR_bicubic', 'X3', 'womanx3.png'))[..., ::-1] / 255.
+    ref = imresize(lr.astype(np.float64), 3).clip(0, 1).transpose(2, 0, 1)
+    assert np.abs(item['lq'].numpy() - ref).max() < 1e-5
