@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from lwsr_plugin.data.resize import bicubic_resize
 from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options
 
 
@@ -41,13 +42,12 @@ def _caption(panel, text, width):
 def compare_figure(hr, lr, scale, models, crop, zoom=4):
     """The figure (uint8 BGR) and ``[(label, psnr, ssim)]`` for one image. ``models``: [(label, Upscaler)]."""
     import cv2
-    from basicsr.utils.matlab_functions import imresize
     h, w = lr.shape[0] * scale, lr.shape[1] * scale
     hr = hr[:h, :w]
     x, y, cw, ch = crop
     if x < 0 or y < 0 or cw <= 0 or ch <= 0 or x + cw > w or y + ch > h:
         raise InferenceError(f'--crop {crop} is outside the {w}x{h} HR image.')
-    bicubic = (imresize(lr.astype(np.float64) / 255., scale).clip(0, 1) * 255.).round().astype(np.uint8)
+    bicubic = bicubic_resize(lr, scale)
     results = [('Bicubic', bicubic)] + [(label, up.upscale(lr)) for label, up in models] + [('HR', hr)]
     panels, scores = [], []
     size = (cw * zoom, ch * zoom)
@@ -73,7 +73,6 @@ def compare_figure(hr, lr, scale, models, crop, zoom=4):
 
 def main(argv=None):
     import cv2
-    from basicsr.utils.matlab_functions import imresize
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--hr', required=True, help='ground-truth image')
     parser.add_argument('--lr', help='LR image (default: MATLAB bicubic downscale of --hr)')
@@ -94,8 +93,7 @@ def main(argv=None):
                 raise InferenceError(f'--lr {args.lr}: not a readable image.')
         else:
             h, w = hr.shape[0] - hr.shape[0] % args.scale, hr.shape[1] - hr.shape[1] % args.scale
-            lr = (imresize(hr[:h, :w].astype(np.float64) / 255., 1 / args.scale).clip(0, 1) * 255).round()
-            lr = lr.astype(np.uint8)
+            lr = bicubic_resize(hr[:h, :w], 1 / args.scale)
         if lr.shape[0] * args.scale > hr.shape[0] or lr.shape[1] * args.scale > hr.shape[1]:
             raise InferenceError(f'--lr is {lr.shape[1]}x{lr.shape[0]}: times {args.scale} it exceeds the HR '
                                  f'{hr.shape[1]}x{hr.shape[0]}; wrong --scale?')

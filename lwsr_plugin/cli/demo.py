@@ -42,8 +42,8 @@ def build_dataset(root, scale=SCALE):
     """Writes ``<root>/{train,val}/HR`` and ``LR_bicubic/X<scale>`` from scikit-image's sample photos: training photos
     as 192x192 tiles, the validation photo whole (mod-cropped)."""
     import cv2
-    import numpy as np
-    from basicsr.utils.matlab_functions import imresize
+
+    from lwsr_plugin.data.resize import bicubic_resize
     for split, names in (('train', TRAIN_PHOTOS), ('val', VAL_PHOTOS)):
         hr_dir = os.path.join(root, split, 'HR')
         lr_dir = os.path.join(root, split, 'LR_bicubic', f'X{scale}')
@@ -52,11 +52,11 @@ def build_dataset(root, scale=SCALE):
         for name in names:
             img = _photo(name)
             if max(img.shape[:2]) > 800:  # keep the few huge photos from dominating the crops and the I/O
-                img = (imresize(img.astype(np.float64) / 255., 0.5).clip(0, 1) * 255).round().astype(np.uint8)
+                img = bicubic_resize(img, 0.5)
             h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
             pieces = _tiles(img, TILE) if split == 'train' else [('', img[:h, :w])]
             for suffix, hr in pieces:
-                lr = (imresize(hr.astype(np.float64) / 255., 1 / scale).clip(0, 1) * 255).round().astype(np.uint8)
+                lr = bicubic_resize(hr, 1 / scale)
                 cv2.imwrite(os.path.join(hr_dir, f'{name}{suffix}.png'), hr)
                 cv2.imwrite(os.path.join(lr_dir, f'{name}{suffix}x{scale}.png'), lr)
     return root
@@ -111,7 +111,7 @@ def evaluate(model_path, opt, data_root, out_dir):
     import torch
     from basicsr.archs import build_network
     from basicsr.metrics import calculate_psnr
-    from basicsr.utils.matlab_functions import imresize
+    from lwsr_plugin.data.resize import bicubic_resize
     net = build_network(dict(opt['network_g']))
     net.load_state_dict(torch.load(model_path, map_location='cpu')['params'])
     net.eval()
@@ -124,7 +124,7 @@ def evaluate(model_path, opt, data_root, out_dir):
         with torch.no_grad():
             sr = net(x)[0].clamp(0, 1).numpy().transpose(1, 2, 0)[..., ::-1]
         sr = np.ascontiguousarray((sr * 255.).round().astype(np.uint8))
-        bic = (imresize(lr.astype(np.float64) / 255., SCALE).clip(0, 1) * 255.).round().astype(np.uint8)
+        bic = bicubic_resize(lr, SCALE)
         psnr_sr = calculate_psnr(sr, hr, crop_border=SCALE, test_y_channel=True)
         psnr_bic = calculate_psnr(bic, hr, crop_border=SCALE, test_y_channel=True)
         cv2.imwrite(os.path.join(out_dir, f'{name}_SR_x{SCALE}.png'), sr)

@@ -40,12 +40,17 @@ def _resize_axis_uint8(img, factor, axis):
     return as_uint8(out)
 
 
+def bicubic_resize(img, factor):
+    """The ``basicsr`` mode for any ``factor`` (> 1 enlarges): a uint8 image through BasicSR's MATLAB ``imresize`` on
+    [0, 1] data, x255 and rounded once. Also what the demo and ``lwsr-compare`` use for their bicubic images."""
+    return as_uint8(imresize(img.astype(np.float32) / 255., factor) * 255.)
+
+
 def bicubic_downscale(img, factor, mode='basicsr'):
     """Resize a uint8 HW or HWC image by ``factor`` (< 1 shrinks) with MATLAB bicubic (antialiased); see the module
     docstring for ``mode``. Output side = ceil(input side * factor), as MATLAB."""
     if mode == 'basicsr':
-        out = imresize(img.astype(np.float32) / 255., factor)
-        return as_uint8(out * 255.)
+        return bicubic_resize(img, factor)
     if mode == 'matlab':
         return _resize_axis_uint8(_resize_axis_uint8(img, factor, 0), factor, 1)
     raise ValueError(f'unknown resize mode {mode!r}; expected one of {RESIZE_MODES}')
