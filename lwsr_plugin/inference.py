@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 import lwsr_plugin  # noqa: F401  (registers the archs)
+from lwsr_plugin.archs.blocks import contrast
 from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
 from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
 
@@ -73,14 +74,76 @@ def tile_starts(size, tile):
     return list(range(0, size, tile))
 
 
-def tiled_forward(forward, x, scale, tile, overlap=8, batch=4):
+class ImageStatistics:
+    """Whole-image statistics for layers that pool their entire input (IMDN's CCA, eq. 5), for tiled inference.
+
+    A tile's mean/std differ from the image's, so a tiled CCA network drifts from its whole-image output (on Set5
+    butterfly, tiles of 32 LR px: 46.7 dB). Tiled inference therefore runs twice: the first pass collects, per layer
+    and image, the sums over every tile's *core* (each image pixel once) in float64; the second pass runs every tile
+    with the image-wide std + mean of those sums. Installed as each layer's ``stats_hook``.
+    """
+
+    def __init__(self, layers, num_images):
+        self.layers, self.num_images = list(layers), num_images
+        self.sums, self.image = {}, {}
+        self.collecting = True
+        self.regions = []  # per window of the current batch: (image index, y0, y1, x0, x1, win_h, win_w)
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.stats_hook = self
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.stats_hook = None
+
+    def finish_collecting(self):
+        """Image-wide std + mean per layer from the collected sums; later calls use them."""
+        for layer, (s1, s2, count) in self.sums.items():
+            mean = s1 / count
+            std = (s2 / count - mean.square()).clamp_(min=0).sqrt_()
+            self.image[layer] = std + mean
+        self.collecting = False
+
+    def __call__(self, layer, x):
+        if len(self.regions) != x.shape[0]:
+            raise RuntimeError(f'{type(layer).__name__}: {x.shape[0]} maps for {len(self.regions)} tile windows '
+                               '(a network that changes the batch size cannot use image-wide statistics).')
+        fh, fw = x.shape[-2:]
+        if self.collecting:
+            s1, s2, count = self.sums.setdefault(layer, (
+                torch.zeros(self.num_images, x.shape[1], dtype=torch.float64, device=x.device),
+                torch.zeros(self.num_images, x.shape[1], dtype=torch.float64, device=x.device),
+                torch.zeros(self.num_images, 1, dtype=torch.float64, device=x.device)))
+            for i, (img, y0, y1, x0, x1, wh, ww) in enumerate(self.regions):
+                # the core in this layer's resolution (IMDN_AS pools at 1/4 of its input)
+                part = x[i, :, y0 * fh // wh:y1 * fh // wh, x0 * fw // ww:x1 * fw // ww].double()
+                s1[img] += part.sum((1, 2))
+                s2[img] += part.square().sum((1, 2))
+                count[img] += part[0].numel()
+            return contrast(x)
+        idx = torch.tensor([r[0] for r in self.regions], device=x.device)
+        return self.image[layer][idx].to(x.dtype).reshape(x.shape[0], x.shape[1], 1, 1)
+
+
+def image_statistics_layers(net):
+    """Layers of ``net`` that pool their whole input and accept a ``stats_hook`` (IMDN's CCA)."""
+    return [m for m in net.modules() if hasattr(m, 'stats_hook')]
+
+
+def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
     """Seam-free tiled inference: the image is cut into ``tile``-sided cores; each core is run inside a window grown
     by ``overlap`` LR pixels of real context on every side (shifted inward at the borders, so all windows have one
     size and run ``batch`` at a time), and only the core's output is kept. Every output pixel comes from exactly one
-    window, with no blending, so there is no seam and memory is bounded by the window batch."""
+    window, with no blending, so there is no seam and memory is bounded by the window batch.
+
+    ``stat_layers`` (see ``image_statistics_layers``): layers that pool their whole input; they then get the whole
+    image's statistics through a first, collecting pass (``ImageStatistics``), so tiles match the untiled output."""
     _, _, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return forward(x)
+    n = x.shape[0]
     win_h, win_w = min(tile + 2 * overlap, h), min(tile + 2 * overlap, w)
     jobs = []
     for y0 in tile_starts(h, tile):
@@ -88,17 +151,32 @@ def tiled_forward(forward, x, scale, tile, overlap=8, batch=4):
             sy = min(max(y0 - overlap, 0), h - win_h)
             sx = min(max(x0 - overlap, 0), w - win_w)
             jobs.append((y0, min(y0 + tile, h), x0, min(x0 + tile, w), sy, sx))
-    out = None
-    for i in range(0, len(jobs), batch):
-        group = jobs[i:i + batch]
-        windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for _, _, _, _, sy, sx in group], dim=0)
-        res = forward(windows).split(x.shape[0], dim=0)
-        if out is None:
-            out = res[0].new_empty(x.shape[0], res[0].shape[1], h * scale, w * scale)
-        for (y0, y1, x0, x1, sy, sx), r in zip(group, res):
-            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale]
-    return out
+
+    def run(keep, stats=None):
+        out = None
+        for i in range(0, len(jobs), batch):
+            group = jobs[i:i + batch]
+            if stats is not None:
+                stats.regions = [(img, y0 - sy, y1 - sy, x0 - sx, x1 - sx, win_h, win_w)
+                                 for y0, y1, x0, x1, sy, sx in group for img in range(n)]
+            windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for _, _, _, _, sy, sx in group], dim=0)
+            res = forward(windows)
+            if not keep:
+                continue
+            res = res.split(n, dim=0)
+            if out is None:
+                out = res[0].new_empty(n, res[0].shape[1], h * scale, w * scale)
+            for (y0, y1, x0, x1, sy, sx), r in zip(group, res):
+                out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                    r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale]
+        return out
+
+    if not stat_layers:
+        return run(True)
+    with ImageStatistics(stat_layers, n) as stats:
+        run(False, stats)
+        stats.finish_collecting()
+        return run(True, stats)
 
 
 def self_ensemble(forward, x):
@@ -125,25 +203,35 @@ class Upscaler:
         tile (int): LR core tile side; 0 = whole image. Default: 0.
         tile_overlap (int): LR context pixels around each tile. Default: 8.
         tile_batch (int): Tiles per forward. Default: 4.
+        tile_stats (str): 'image': layers that pool their whole input (IMDN's CCA) get the whole image's
+            statistics, at the cost of a second pass over the tiles; 'tile': each tile's own. Default: 'image'.
         ensemble (bool): x8 self-ensemble. Default: False.
         precision (str): 'fp32', 'bf16' or 'fp16' (weights and activations in that type). Default: 'fp32'.
         channels_last (bool): NHWC memory format (faster oneDNN/cuDNN convs). Default: True.
         compile (bool): ``torch.compile`` the network. Default: False.
+        fast (bool): IMDN / IMDN_AS run through ``FastIMDN`` (same output, less memory traffic; not combined with
+            ``compile``, which does its own fusion). Default: True.
     """
 
     DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
     def __init__(self, net, device='cpu', tile=0, tile_overlap=8, tile_batch=4, ensemble=False, precision='fp32',
-                 channels_last=True, compile=False):
+                 channels_last=True, compile=False, fast=True, tile_stats='image'):
         if precision not in self.DTYPES:
             raise InferenceError(f'precision must be one of {sorted(self.DTYPES)}, got {precision!r}.')
+        if tile_stats not in ('image', 'tile'):
+            raise InferenceError(f"tile_stats must be 'image' or 'tile', got {tile_stats!r}.")
         self.device = torch.device(device)
         self.dtype = self.DTYPES[precision]
         self.scale = model_scale(net)
         self.in_ch = _in_channels(net)
         self.name = type(net).__name__
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if fast and not compile:
+            from lwsr_plugin.fast_imdn import fast_inference_net
+            net = fast_inference_net(net)
         net = net.to(self.device, self.dtype).to(memory_format=self.memory_format)
+        self.stat_layers = image_statistics_layers(net) if tile_stats == 'image' else []
         self.net = torch.compile(net) if compile else net
         self.tile, self.tile_overlap, self.tile_batch, self.ensemble = tile, tile_overlap, tile_batch, ensemble
 
@@ -156,7 +244,8 @@ class Upscaler:
         x = x.to(self.device)
 
         def one(t):
-            return tiled_forward(self._forward, t, self.scale, self.tile, self.tile_overlap, self.tile_batch).float()
+            return tiled_forward(self._forward, t, self.scale, self.tile, self.tile_overlap, self.tile_batch,
+                                 self.stat_layers).float()
 
         out = self_ensemble(one, x) if self.ensemble else one(x)
         return out.clamp_(0, 1)

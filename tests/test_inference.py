@@ -40,18 +40,22 @@ def test_set5_psnr_and_tiled(tmp_path, imdn_x4, set5_lr, datasets_dir):
          imdn_x4], cwd=str(tmp_path))
     written = sorted(glob.glob(str(out / '*.png')))
     assert len(written) == 5
-    tiled = Upscaler(_imdn(imdn_x4), tile=32, tile_overlap=8)
-    psnrs, tiled_db = [], []
+    tiled = Upscaler(_imdn(imdn_x4), tile=32, tile_overlap=8)  # tile_stats='image' (default)
+    per_tile = Upscaler(_imdn(imdn_x4), tile=32, tile_overlap=8, tile_stats='tile')
+    psnrs, tiled_db, per_tile_db = [], [], []
     for path in written:
         name = os.path.basename(path)[:-len('x4.png')]
         sr = cv2.imread(path)
         hr = cv2.imread(os.path.join(datasets_dir, 'Set5', 'HR', f'{name}.png'))
+        lr = cv2.imread(os.path.join(set5_lr, f'{name}x4.png'))
         psnrs.append(calculate_psnr(sr, hr, crop_border=4, test_y_channel=True))
-        tiled_db.append(calculate_psnr(tiled.upscale(cv2.imread(os.path.join(set5_lr, f'{name}x4.png'))), sr, 0))
+        tiled_db.append(calculate_psnr(tiled.upscale(lr), sr, 0))
+        per_tile_db.append(calculate_psnr(per_tile.upscale(lr), sr, 0))
     assert abs(np.mean(psnrs) - PSNR_SET5_X4) <= 0.01, psnrs
-    # IMDN's contrast-aware attention pools each whole input, so tiles see other statistics than the image: close,
-    # not bit-equal (no seams: every output pixel comes from one tile with 8 px of real context)
-    assert np.mean(tiled_db) >= 50, tiled_db
+    # every image, with the CCA layers fed whole-image statistics (measured 58.7-67.6 dB); with each tile's own
+    # statistics the attention drifts (butterfly ~46.7 dB), which is why 'image' is the default
+    assert min(tiled_db) >= 50, tiled_db
+    assert min(per_tile_db) < min(tiled_db), (per_tile_db, tiled_db)
 
 
 def test_ensemble_and_image_kinds(imdn_x4, set5_lr):
@@ -149,19 +153,24 @@ def test_onnx_parity(arch, tmp_path, shared, set5_lr):
 
 
 MEMORY_SCRIPT = textwrap.dedent('''
-    import resource, sys
+    import resource, sys, time
     import numpy as np
     from lwsr_plugin.inference import Upscaler, load_model, network_options
-    net = load_model(network_options('IMDN', 4, {'num_feat': 8, 'num_block': 1}))
+    net = load_model(network_options('IMDN', 4), sys.argv[1])
     img = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
-    out = Upscaler(net, tile=200, tile_overlap=8, tile_batch=2).upscale(img)
+    start = time.perf_counter()
+    out = Upscaler(net, tile=200, tile_overlap=8, tile_batch=2, precision='bf16').upscale(img)
     assert out.shape == (8000, 8000, 3), out.shape
-    print('peak_rss_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print('seconds', round(time.perf_counter() - start, 1), 'peak_rss_mib',
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 ''')
 
 
 @pytest.mark.slow
-def test_large_image_memory(tmp_path):
-    proc = run([PY, '-c', MEMORY_SCRIPT], cwd=REPO, timeout=120)
+def test_large_image_memory(tmp_path, imdn_x4):
+    """The official IMDN x4 on a 2000x2000 LR image (8000x8000 out), tiled, bf16, both tile passes: measured
+    ~2.4 GiB peak RSS and ~60 s on 2 cores."""
+    proc = run([PY, '-c', MEMORY_SCRIPT, imdn_x4], cwd=REPO, timeout=400)
+    print(proc.stdout)
     peak = float(proc.stdout.split('peak_rss_mib')[-1])
     assert peak < 4096, proc.stdout

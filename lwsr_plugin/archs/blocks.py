@@ -24,13 +24,29 @@ def activation(act_type='lrelu', neg_slope=0.05, inplace=True):
     if act_type == 'prelu':
         return nn.PReLU(init=neg_slope)
     if act_type == 'elu':
-        return nn.ELU(neg_slope, inplace)
+        return ELU(neg_slope, inplace)
     raise ValueError(f'Unknown activation {act_type!r}: use relu, lrelu, prelu or elu.')
+
+
+class ELU(nn.ELU):
+    """ELU (DRN §3.1, alpha 0.2) whose CPU inference path uses the vectorised ``exp``: PyTorch's CPU ELU kernel takes
+    ~6.5 ns per negative element here (1.5 ms on a 16x90x160 map against 0.19 ms for ``exp``), which made ELU half of
+    DRN's forward time. alpha * (exp(x) - 1) differs from the expm1 form by < 1.2e-7 * alpha. Training (inputs that
+    require grad) and other devices use ``F.elu`` unchanged."""
+
+    def forward(self, x):
+        if x.device.type != 'cpu' or (x.requires_grad and torch.is_grad_enabled()):
+            return super().forward(x)
+        negative = torch.clamp(x, max=0).exp_().sub_(1).mul_(self.alpha)
+        return (x.clamp_(min=0) if self.inplace else x.clamp(min=0)).add_(negative)
 
 
 def contrast(x):
     """Global contrast of each feature map: standard deviation + mean over H x W (IMDN eq. 5)."""
-    std, mean = torch.std_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    # two passes (mean, then mean of squared deviations) instead of torch.std_mean: the same population std to
+    # ~1e-7, but std_mean's Welford kernel is ~6x slower on 64-channel maps and was 10% of an IMDN forward
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
     return std + mean
 
 
@@ -48,9 +64,16 @@ class CCALayer(nn.Module):
         self.conv_du = nn.Sequential(
             nn.Conv2d(channels, squeezed, 1, bias=True), nn.ReLU(inplace=True),
             nn.Conv2d(squeezed, channels, 1, bias=True), nn.Sigmoid())
+        # Set by tiled inference (lwsr_plugin.inference.tiled_forward): a callable (layer, x) -> (N, C, 1, 1) that
+        # supplies image-wide statistics, since a tile's own mean/std differ from the whole image's.
+        self.stats_hook = None
+
+    def statistics(self, x):
+        """Eq. 5 input: std + mean of each feature map, (N, C, 1, 1)."""
+        return contrast(x) if self.stats_hook is None else self.stats_hook(self, x)
 
     def forward(self, x):
-        return x * self.conv_du(contrast(x))
+        return x * self.conv_du(self.statistics(x))
 
 
 def pixelshuffle_block(in_channels, out_channels, upscale, kernel_size=3):

@@ -94,12 +94,16 @@ def build_parser():
     p.add_argument('--tile', type=int, default=0, help='LR tile side for memory-bounded inference (0: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='LR context pixels around each tile')
     p.add_argument('--tile-batch', type=int, default=4, help='tiles per forward pass')
+    p.add_argument('--tile-stats', choices=('image', 'tile'), default='image',
+                   help="image (default): layers that pool their input (IMDN's attention) get the whole image's "
+                        "statistics, by one extra pass over the tiles; tile: each tile's own, one pass")
     p.add_argument('--ensemble', action='store_true', help='x8 self-ensemble (flips x rotations)')
     prec = p.add_mutually_exclusive_group()
     prec.add_argument('--bf16', action='store_true', help='bfloat16 weights and activations')
     prec.add_argument('--half', action='store_true', help='float16 weights and activations (GPU)')
     p.add_argument('--no-channels-last', action='store_true', help='keep NCHW memory format')
     p.add_argument('--compile', action='store_true', help='torch.compile the network')
+    p.add_argument('--no-fast', action='store_true', help='run IMDN/IMDN_AS as the plain module, not FastIMDN')
     p.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or auto (default)")
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return p
@@ -126,7 +130,7 @@ def main(argv=None):
         net = load_model(net_opt, args.ckpt, args.param_key)
         precision = 'bf16' if args.bf16 else 'fp16' if args.half else 'fp32'
         up = Upscaler(net, device, args.tile, args.tile_overlap, args.tile_batch, args.ensemble, precision,
-                      not args.no_channels_last, args.compile)
+                      not args.no_channels_last, args.compile, not args.no_fast, args.tile_stats)
     except (InferenceError, KeyError, TypeError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'lwsr-upscale: {msg}', file=sys.stderr)

@@ -7,6 +7,8 @@ Option keys (under ``val``, any test or training YAML with ``model_type: LWSRMod
                             # DRN+ / s-LWSR+ in the papers; Lim et al. 2017, "geometric self-ensemble")
       tile: 0               # LR tile side in pixels; 0 = whole image at once
       tile_overlap: 16      # LR context added around each tile and thrown away after the forward
+      tile_stats: image     # image: whole-image statistics for layers that pool their input (IMDN's CCA), by a
+                            # first pass over the tiles; tile: each tile's own (one pass, drifts from whole-image)
 
 Training is SRModel's, unchanged; validation during training uses the same options.
 """
@@ -14,7 +16,7 @@ import torch
 
 from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
-from lwsr_plugin.inference import self_ensemble, tiled_forward
+from lwsr_plugin.inference import image_statistics_layers, self_ensemble, tiled_forward
 
 
 @MODEL_REGISTRY.register()
@@ -28,9 +30,13 @@ class LWSRModel(SRModel):
 
         if overlap < 0:
             raise ValueError(f'val.tile_overlap must be >= 0, got {overlap}.')
+        tile_stats = val_opt.get('tile_stats', 'image')
+        if tile_stats not in ('image', 'tile'):
+            raise ValueError(f"val.tile_stats must be 'image' or 'tile', got {tile_stats!r}.")
+        layers = image_statistics_layers(net) if tile_stats == 'image' else []
 
         def forward(x):
-            return tiled_forward(net, x, scale, tile, overlap)
+            return tiled_forward(net, x, scale, tile, overlap, stat_layers=layers)
 
         if val_opt.get('self_ensemble', False):
             return self_ensemble(forward, self.lq)
