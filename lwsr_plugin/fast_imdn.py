@@ -18,9 +18,7 @@ c1-c3 slices. The buffers are cached per input shape while they are small (a who
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from lwsr_plugin.archs.blocks import contrast
 from lwsr_plugin.archs.imdn_arch import IMDN, IMDN_AS, adaptive_crop_forward
 
 _CACHE_LIMIT = 512 * 2**20  # bytes of buffers kept between calls
@@ -54,7 +52,6 @@ class FastIMDN(nn.Module):
         if not isinstance(net, (IMDN, IMDN_AS)):
             raise TypeError(f'FastIMDN takes IMDN or IMDN_AS, got {type(net).__name__}.')
         self.net = net.eval()
-        self.upscale = getattr(net, 'upscale', 4)
         self.blocks = [getattr(net, f'IMDB{i}') for i in range(1, net.num_block + 1)]
         self.splits = nn.ModuleList(
             nn.ModuleList(_split_conv(conv, blk.distilled) for conv in (blk.c1, blk.c2, blk.c3)) for blk in self.blocks)
@@ -85,10 +82,8 @@ class FastIMDN(nn.Module):
         n, c, h, w = x.shape
         if x.is_contiguous(memory_format=torch.channels_last):
             flat, dim = x.permute(0, 2, 3, 1).reshape(n, h * w, c), 1
-        elif x.is_contiguous():
+        else:  # the other layout ``_scratch`` allocates: contiguous NCHW
             flat, dim = x.reshape(n, c, h * w), 2
-        else:
-            return contrast(x)
         # sums accumulate in float32 inside the kernel even for bf16/fp16 inputs; dtype= would copy the map first
         mean = flat.sum(dim, keepdim=True).float().div_(h * w)
         dev = torch.sub(flat, mean.to(x.dtype), out=spare[:flat.numel()].view(flat.shape))

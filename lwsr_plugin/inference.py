@@ -12,6 +12,7 @@ import torch
 import lwsr_plugin  # noqa: F401  (registers the archs)
 from lwsr_plugin.archs.blocks import contrast
 from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
+from lwsr_plugin.fast_imdn import fast_inference_net
 from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
 
 
@@ -110,8 +111,8 @@ class ImageStatistics:
         if len(self.regions) != x.shape[0]:
             raise RuntimeError(f'{type(layer).__name__}: {x.shape[0]} maps for {len(self.regions)} tile windows '
                                '(a network that changes the batch size cannot use image-wide statistics).')
-        fh, fw = x.shape[-2:]
         if self.collecting:
+            fh, fw = x.shape[-2:]
             s1, s2, count = self.sums.setdefault(layer, (
                 torch.zeros(self.num_images, x.shape[1], dtype=torch.float64, device=x.device),
                 torch.zeros(self.num_images, x.shape[1], dtype=torch.float64, device=x.device),
@@ -127,9 +128,13 @@ class ImageStatistics:
         return self.image[layer][idx].to(x.dtype).reshape(x.shape[0], x.shape[1], 1, 1)
 
 
-def image_statistics_layers(net):
-    """Layers of ``net`` that pool their whole input and accept a ``stats_hook`` (IMDN's CCA)."""
-    return [m for m in net.modules() if hasattr(m, 'stats_hook')]
+def tile_stat_layers(net, tile_stats='image', key='tile_stats'):
+    """For ``tiled_forward``: with ``tile_stats`` 'image', the layers of ``net`` that pool their whole input and accept
+    a ``stats_hook`` (IMDN's CCA); with 'tile', none (each tile uses its own statistics). ``key`` names the option in
+    the error for any other value."""
+    if tile_stats not in ('image', 'tile'):
+        raise InferenceError(f"{key} must be 'image' or 'tile', got {tile_stats!r}.")
+    return [m for m in net.modules() if hasattr(m, 'stats_hook')] if tile_stats == 'image' else []
 
 
 def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
@@ -138,7 +143,7 @@ def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
     size and run ``batch`` at a time), and only the core's output is kept. Every output pixel comes from exactly one
     window, with no blending, so there is no seam and memory is bounded by the window batch.
 
-    ``stat_layers`` (see ``image_statistics_layers``): layers that pool their whole input; they then get the whole
+    ``stat_layers`` (see ``tile_stat_layers``): layers that pool their whole input; they then get the whole
     image's statistics through a first, collecting pass (``ImageStatistics``), so tiles match the untiled output."""
     _, _, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
@@ -219,8 +224,6 @@ class Upscaler:
                  channels_last=True, compile=False, fast=True, tile_stats='image'):
         if precision not in self.DTYPES:
             raise InferenceError(f'precision must be one of {sorted(self.DTYPES)}, got {precision!r}.')
-        if tile_stats not in ('image', 'tile'):
-            raise InferenceError(f"tile_stats must be 'image' or 'tile', got {tile_stats!r}.")
         self.device = torch.device(device)
         self.dtype = self.DTYPES[precision]
         self.scale = model_scale(net)
@@ -228,10 +231,9 @@ class Upscaler:
         self.name = type(net).__name__
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if fast and not compile:
-            from lwsr_plugin.fast_imdn import fast_inference_net
             net = fast_inference_net(net)
         net = net.to(self.device, self.dtype).to(memory_format=self.memory_format)
-        self.stat_layers = image_statistics_layers(net) if tile_stats == 'image' else []
+        self.stat_layers = tile_stat_layers(net, tile_stats)
         self.net = torch.compile(net) if compile else net
         self.tile, self.tile_overlap, self.tile_batch, self.ensemble = tile, tile_overlap, tile_batch, ensemble
 

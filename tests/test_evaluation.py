@@ -13,8 +13,9 @@ import yaml
 import lwsr_plugin  # noqa: F401  (registration)
 from _utils import PY, link_datasets, run
 from basicsr.utils.registry import ARCH_REGISTRY
+from lwsr_plugin.archs.blocks import count_parameters
 from lwsr_plugin.cli.evaluate import drop_absent_datasets
-from lwsr_plugin.cli.report import build, count_macs, count_parameters, plot_results
+from lwsr_plugin.cli.report import build, count_macs, plot_results
 from lwsr_plugin.metrics.ifc_metric import calculate_ifc
 from lwsr_plugin.ops.matlab_bicubic import imresize
 

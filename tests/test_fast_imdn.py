@@ -10,7 +10,7 @@ import torch
 from basicsr.metrics import calculate_psnr
 
 from lwsr_plugin.fast_imdn import FastIMDN, fast_inference_net
-from lwsr_plugin.inference import Upscaler, load_model, network_options, tiled_forward
+from lwsr_plugin.inference import Upscaler, load_model, network_options, tile_stat_layers, tiled_forward
 
 SET5 = ['baby', 'bird', 'butterfly', 'head', 'woman']
 
@@ -84,7 +84,7 @@ def test_image_statistics_through_fast_path(imdn_x4, set5):
     with torch.no_grad():
         whole = imdn_x4(x)
     for net in (FastIMDN(copy.deepcopy(imdn_x4)), imdn_x4):
-        layers = [m for m in net.modules() if hasattr(m, 'stats_hook')]
+        layers = tile_stat_layers(net)
         assert len(layers) == 6
         with torch.no_grad():
             image = tiled_forward(net, x, 4, 24, 6, batch=3, stat_layers=layers)

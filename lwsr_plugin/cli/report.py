@@ -59,10 +59,6 @@ def build(key, scale):
     return build_network(opt).eval()
 
 
-def count_parameters(net):
-    return sum(p.numel() for p in net.parameters())
-
-
 def count_macs(net, lr_shape):
     """MACs of one forward on a zero input of ``lr_shape`` (N, C, H, W): Conv2d and ConvTranspose2d only (see the
     module docstring); returns (macs, output tensor)."""
@@ -110,6 +106,8 @@ def _timed(fn, repeats, sync=lambda: None):
 def measure(key, scale, lr_size, repeats, threads):
     """One row of the report for ``MODELS[key]`` at ``scale`` (run in a fresh process by ``main``)."""
     import torch
+
+    from lwsr_plugin.archs.blocks import count_parameters
     torch.set_num_threads(threads)
     net = build(key, scale)
     in_ch = 1 if MODELS[key][1]['type'] == 'IDN' else 3

@@ -16,7 +16,7 @@ import torch
 
 from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
-from lwsr_plugin.inference import image_statistics_layers, self_ensemble, tiled_forward
+from lwsr_plugin.inference import self_ensemble, tile_stat_layers, tiled_forward
 
 
 @MODEL_REGISTRY.register()
@@ -30,10 +30,7 @@ class LWSRModel(SRModel):
 
         if overlap < 0:
             raise ValueError(f'val.tile_overlap must be >= 0, got {overlap}.')
-        tile_stats = val_opt.get('tile_stats', 'image')
-        if tile_stats not in ('image', 'tile'):
-            raise ValueError(f"val.tile_stats must be 'image' or 'tile', got {tile_stats!r}.")
-        layers = image_statistics_layers(net) if tile_stats == 'image' else []
+        layers = tile_stat_layers(net, val_opt.get('tile_stats', 'image'), 'val.tile_stats')
 
         def forward(x):
             return tiled_forward(net, x, scale, tile, overlap, stat_layers=layers)
