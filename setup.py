@@ -73,7 +73,6 @@ setup(
     packages=find_packages(include=['lwsr_plugin', 'lwsr_plugin.*']),
     py_modules=['_lwsr_plugin_startup'],
     include_package_data=True,
-    package_data={'lwsr_plugin': ['options/*.yml']},
     install_requires=[
         'basicsr==1.4.2',
         'torch',

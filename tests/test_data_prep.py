@@ -21,13 +21,13 @@ import lwsr_plugin  # noqa: F401  (registers PairedGrayImageDataset, IMDN)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
+from conftest import REPO
 
 from lwsr_plugin.data import benchmark, check_lmdb, div2k, lmdb_io, set291
 from lwsr_plugin.data.images import crop_positions, mod_crop
 from lwsr_plugin.data.lmdb_io import read_meta_info
 from lwsr_plugin.data.resize import bicubic_downscale
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BSD_NAMES = ['100075', '100080', '100098']
 
 

@@ -13,13 +13,13 @@ import yaml
 import lwsr_plugin  # noqa: F401  (registration)
 from _utils import PY, link_datasets, run
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import REPO
 from lwsr_plugin.archs.blocks import count_parameters
 from lwsr_plugin.cli.evaluate import drop_absent_datasets
 from lwsr_plugin.cli.report import build, count_macs, plot_results
 from lwsr_plugin.metrics.ifc_metric import calculate_ifc
 from lwsr_plugin.ops.matlab_bicubic import imresize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDN_TABLE3_BICUBIC_SET5 = {2: 6.083, 3: 3.580, 4: 2.329}
 
 

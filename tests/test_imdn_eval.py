@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from _utils import BIN, link_datasets, run
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED = {  # (dataset, scale): (Y-PSNR, SSIM), official weights, MATLAB-style float-Y protocol
     ('Set5', 2): (37.9960, 0.9605),
     ('Set5', 3): (34.3597, 0.9270),

@@ -11,10 +11,10 @@ from torch import nn
 
 import lwsr_plugin  # noqa: F401  (registers the archs)
 from basicsr.archs import build_network
+from conftest import REPO
 from lwsr_plugin.archs.blocks import InvertedResidual, MeanShift, count_parameters
 from lwsr_plugin.archs.slwsr_arch import OFFICIAL_ACT_REMOVED, SLWSR, VARIANTS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CKPT = ('anchors', 'slwsr', 'slwsr32_x4_repo_1epoch_model_best.pt')
 REF = ('anchors', 'slwsr', 'ref_bird_x4_sr_rgb0to255_float.npy')

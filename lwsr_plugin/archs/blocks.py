@@ -7,6 +7,10 @@ import torch
 from torch import nn
 
 
+# RGB mean of DIV2K's training images, which EDSR-lineage models (DRN, s-LWSR) subtract from their input
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
 def conv_layer(in_channels, out_channels, kernel_size, stride=1, dilation=1, groups=1, bias=True):
     """Convolution with 'same' padding for odd kernels (spatial size kept at stride 1, halved at stride 2)."""
     padding = (kernel_size - 1) // 2 * dilation

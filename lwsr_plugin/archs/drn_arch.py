@@ -10,7 +10,7 @@ from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .blocks import MeanShift, activation, check_upscale, conv_layer, pixelshuffle_block
+from .blocks import DIV2K_RGB_MEAN, MeanShift, activation, check_upscale, conv_layer, pixelshuffle_block
 
 # "Low-level feature extraction layers and feature fusion layers have 64 filters" (§3.1); DRN+ is "the network with
 # 256 original filters in each RDB" (§3.1). The variant only sets the RDB width; everything else is shared.
@@ -143,7 +143,7 @@ class DRN(nn.Module):
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_rdg=6, num_rdb=9, distill_ch=8, upscale=4,
                  variant='DRN', rdb_feat=None, num_rd=4, rd_ratio=4, group_fusion=True, elu_alpha=0.2,
-                 img_range=1.0, rgb_mean=(0.4488, 0.4371, 0.4040)):
+                 img_range=1.0, rgb_mean=DIV2K_RGB_MEAN):
         super().__init__()
         check_upscale(upscale, 'DRN')
         if variant not in DRN_VARIANTS:

@@ -11,7 +11,7 @@ from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from ..ops.matlab_bicubic import MatlabBicubic
-from .blocks import activation, conv_layer
+from .blocks import activation, check_upscale, conv_layer
 
 
 def _conv_act_chain(channels, groups, neg_slope):
@@ -83,8 +83,7 @@ class IDN(nn.Module):
     def __init__(self, num_in_ch=1, num_out_ch=1, num_feat=64, num_block=4, upscale=4, diff_ch=16, slice_ratio=4,
                  groups=4, neg_slope=0.05, deconv_kernel=17):
         super().__init__()
-        if not isinstance(upscale, int) or isinstance(upscale, bool) or upscale < 1:
-            raise ValueError(f'IDN: network_g.upscale must be a positive integer (2, 3 or 4), got {upscale!r}.')
+        check_upscale(upscale, 'IDN')
         if num_in_ch != num_out_ch:
             raise ValueError(f'IDN: num_out_ch ({num_out_ch}) must equal num_in_ch ({num_in_ch}): the output is '
                              'added to the bicubic-upsampled input.')

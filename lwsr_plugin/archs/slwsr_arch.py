@@ -12,9 +12,8 @@ from torch import nn
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .blocks import InvertedResidual, MeanShift, ResBlock, check_upscale, conv_layer
+from .blocks import DIV2K_RGB_MEAN, InvertedResidual, MeanShift, ResBlock, check_upscale, conv_layer
 
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 # The 14 blocks the release marks with ``act=nn.ReLU(False)``: the apparent intent of "half activation" (§IV-B),
 # although ``nn.ReLU(False)`` is still a ReLU, so the released graph (and its weights) keeps all 26.

@@ -40,14 +40,12 @@ def check_options(opt_path, root=None):
     if not isinstance(opt, dict) or 'name' not in opt:
         raise OptionError(f'{opt_path}: not a BasicSR option file (no top-level `name:`).')
     for key, path in _dataset_paths(opt, root):
+        is_lmdb = path.rstrip('/').endswith('.lmdb')
         if not os.path.exists(path):
-            hint = ''
-            if path.rstrip('/').endswith('.lmdb'):
-                hint = ' Build the LMDB with scripts/data_preparation (see docs/data_preparation.md).'
+            hint = ' Build the LMDB with scripts/data_preparation (see docs/data_preparation.md).' if is_lmdb else ''
             raise OptionError(f'{key}: {path} does not exist (relative paths are read from {root}). Fix the path, '
                               f'or run from the folder that holds `datasets/`.{hint}')
-        if path.rstrip('/').endswith('.lmdb') and key != 'meta_info_file' and not os.path.isfile(
-                os.path.join(path, 'meta_info.txt')):
+        if is_lmdb and not os.path.isfile(os.path.join(path, 'meta_info.txt')):
             raise OptionError(f'{key}: {path} has no meta_info.txt, which BasicSR needs to list LMDB keys. '
                               'Recreate the LMDB with the plugin scripts (they write it).')
     num_gpu = opt.get('num_gpu', 1)

@@ -9,10 +9,11 @@ bicubic. Train images are cut as BasicSR's ``extract_subimages.py`` does (480 cr
 
 Run: ``python -m lwsr_plugin.data.div2k --root datasets/DIV2K``.
 """
+import math
 import os
 from functools import partial
 
-from .images import (DataPrepError, check_keys, crop_positions, encode_png, lcm, list_images, mod_crop,
+from .images import (DataPrepError, check_keys, crop_positions, encode_png, list_images, mod_crop,
                      read_image)
 from .pipeline import add_lmdb_args, base_parser, cli, write_lmdbs
 from .resize import bicubic_downscale
@@ -45,7 +46,7 @@ def process_image(job, scales, crop, step, thresh_size, resize, compress_level):
     """
     key, hr_path, lr_paths = job
     hr_full = read_image(hr_path)
-    mod = lcm(scales)
+    mod = math.lcm(*scales)
     hr = mod_crop(hr_full, mod)
     h, w = hr.shape[:2]
     lrs = {}
@@ -77,7 +78,7 @@ def prepare_split(root, out_dir, split, args):
     hr_dir = os.path.join(root, f'DIV2K_{split}_HR')
     keys = check_keys(list_images(hr_dir))
     crop = args.crop_size if split == 'train' else 0
-    mod = lcm(args.scales)
+    mod = math.lcm(*args.scales)
     if crop and (crop % mod or args.step % mod):
         raise DataPrepError(f'--crop-size {crop} and --step {args.step} must be multiples of {mod} '
                             f'(lcm of scales {args.scales}) so HR and LR crops align')

@@ -3,7 +3,6 @@
 Every user-facing failure is a :class:`DataPrepError` whose message is one line naming the file and the cause.
 """
 import os
-from math import gcd
 
 import cv2
 import numpy as np
@@ -14,14 +13,6 @@ IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.pgm', '.
 
 class DataPrepError(Exception):
     """A bad input or output condition, reported to the user as one line (no traceback)."""
-
-
-def lcm(numbers):
-    """Least common multiple of positive integers (1 for an empty list)."""
-    out = 1
-    for n in numbers:
-        out = out * n // gcd(out, n)
-    return out
 
 
 def list_images(folder):

@@ -10,12 +10,13 @@ Outputs in ``--out``: ``<name>_HR.lmdb`` and ``<name>_LR_bicubic_X<s>.lmdb`` (``
 
 Run: ``python -m lwsr_plugin.data.set291 --input datasets/T91 datasets/BSD200 --out datasets/291``.
 """
+import math
 import os
 from functools import partial
 
 import numpy as np
 
-from .images import DataPrepError, check_keys, encode_png, lcm, list_images, mod_crop, read_image, to_y
+from .images import DataPrepError, check_keys, encode_png, list_images, mod_crop, read_image, to_y
 from .pipeline import add_lmdb_args, base_parser, cli, write_lmdbs
 from .resize import bicubic_downscale
 
@@ -42,7 +43,7 @@ def process_image(job, scales, y_only, factors, resize, compress_level, min_size
     img = read_image(path)
     if y_only:
         img = to_y(img)
-    mod = lcm(scales)
+    mod = math.lcm(*scales)
     out = {'HR': [], **{s: [] for s in scales}}
     for suffix, version in augment_versions(img, factors, resize):
         hr = mod_crop(version, mod)

@@ -22,10 +22,9 @@ Resume: the optimizer and scheduler states saved by BasicSR already carry the sc
 from a state saved after the switch only re-selects the stage-2 loss and patch size (no second scaling); one saved at
 or before ``switch_iter`` continues in stage 1 and switches on time.
 """
-import random
-
 import torch
 
+from basicsr.data.transforms import paired_random_crop
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
@@ -126,12 +125,10 @@ class TwoStageSRModel(SRModel):
         h, w = self.lq.shape[-2:]
         if lq_size >= h and lq_size >= w:
             return
-        lqs, gts = [], []
-        for i in range(self.lq.shape[0]):
-            top, left = random.randint(0, h - lq_size), random.randint(0, w - lq_size)
-            lqs.append(self.lq[i, :, top:top + lq_size, left:left + lq_size])
-            gts.append(self.gt[i, :, top * scale:(top + lq_size) * scale, left * scale:(left + lq_size) * scale])
-        self.lq, self.gt = torch.stack(lqs), torch.stack(gts)
+        # per sample, so every sample gets its own window (BasicSR's function crops a whole list alike)
+        crops = [paired_random_crop(self.gt[i:i + 1], self.lq[i:i + 1], gt_size, scale)
+                 for i in range(self.lq.shape[0])]
+        self.gt, self.lq = torch.cat([g for g, _ in crops]), torch.cat([lq for _, lq in crops])
 
     def optimize_parameters(self, current_iter):
         if self.stage == 1 and current_iter > self.two_stage['switch_iter']:
