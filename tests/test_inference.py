@@ -152,6 +152,23 @@ def test_onnx_parity(arch, tmp_path, shared, set5_lr):
     assert err <= 1e-4
 
 
+def test_export_check_images(tmp_path, set5_lr, capsys):
+    """lwsr-export's check images: 16-bit files scaled by their own peak (not 255); a bad file is one clear line."""
+    pytest.importorskip('onnx')
+    from lwsr_plugin.cli import export
+    lr = cv2.imread(os.path.join(set5_lr, 'birdx4.png'))[:16, :16]
+    cv2.imwrite(str(tmp_path / 'a8.png'), lr)
+    cv2.imwrite(str(tmp_path / 'a16.png'), lr.astype(np.uint16) * 257)
+    for in_ch in (1, 3):
+        a8, a16 = (export.image_tensor(str(tmp_path / f), in_ch) for f in ('a8.png', 'a16.png'))
+        assert (a8 - a16).abs().max().item() <= 1e-6
+    (tmp_path / 'empty.png').write_bytes(b'')
+    args = ['-o', str(tmp_path / 'm.onnx'), '--arch', 'IMDN', '--scale', '2', '--arch-kwarg', 'num_feat=8',
+            '--arch-kwarg', 'num_block=1', '--check-image', str(tmp_path / 'empty.png')]
+    assert export.main(args) == 2
+    assert 'empty.png: empty file' in capsys.readouterr().err
+
+
 MEMORY_SCRIPT = textwrap.dedent('''
     import resource, sys, time
     import numpy as np

@@ -33,12 +33,17 @@ def median_time(fn, repeats=5):
     return sorted(times)[len(times) // 2]
 
 
-def check_onnx(net, path, x, repeats=5):
-    """(max |ORT - PyTorch|, PyTorch seconds, onnxruntime seconds) on input ``x`` (NCHW float32)."""
-    import numpy as np
+def onnx_session(path):
     import onnxruntime as ort
+    return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+
+
+def check_onnx(net, path, x, repeats=5, session=None):
+    """(max |ORT - PyTorch|, PyTorch seconds, onnxruntime seconds) on input ``x`` (NCHW float32); ``session``: an
+    ``onnx_session(path)`` to reuse across inputs."""
+    import numpy as np
     import torch
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    sess = session or onnx_session(path)
     feed = {'input': x.numpy()}
     with torch.inference_mode():
         ref = net(x).numpy()
@@ -49,13 +54,14 @@ def check_onnx(net, path, x, repeats=5):
 
 
 def image_tensor(path, in_ch):
-    """An image file as the network's input: RGB [0, 1], or its Y channel for 1-channel models."""
+    """An image file (8- or 16-bit) as the network's input: RGB [0, 1], or its Y channel for 1-channel models."""
     import numpy as np
     import torch
 
     from lwsr_plugin.cli.upscale import read_any
     from basicsr.utils.color_util import bgr2ycbcr
-    img = read_any(path).astype(np.float32) / 255.
+    img = read_any(path)
+    img = img.astype(np.float32) / np.iinfo(img.dtype).max
     img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
     planes = bgr2ycbcr(img, y_only=True)[..., None] if in_ch == 1 else img[..., ::-1]
     return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
@@ -91,10 +97,17 @@ def main(argv=None):
     print(f'lwsr-export: wrote {args.output} ({type(net).__name__}, input N x {in_ch} x H x W, dynamic H/W)')
     if args.no_check:
         return 0
-    inputs = [image_tensor(f, in_ch) for f in args.check_image] if args.check_image else [torch.rand(1, in_ch, 64, 64)]
-    worst = 0.
+    inputs = []
+    for path in args.check_image or []:
+        try:
+            inputs.append(image_tensor(path, in_ch))
+        except InferenceError as err:
+            print(f'lwsr-export: --check-image {path}: {err}', file=sys.stderr)
+            return 2
+    inputs = inputs or [torch.rand(1, in_ch, 64, 64)]
+    worst, session = 0., onnx_session(args.output)
     for i, x in enumerate(inputs):
-        err, t_torch, t_ort = check_onnx(net, args.output, x)
+        err, t_torch, t_ort = check_onnx(net, args.output, x, session=session)
         worst = max(worst, err)
         name = args.check_image[i] if args.check_image else 'random 64x64'
         print(f'  {name} {tuple(x.shape[2:])}: max|ORT-PyTorch| {err:.2e}; latency PyTorch {t_torch * 1e3:.1f} ms, '

@@ -47,6 +47,7 @@ def collect_inputs(inputs):
 def read_any(path):
     """cv2 image as stored (grey / BGR / BGRA, 8 or 16 bit); InferenceError with the cause otherwise."""
     import cv2
+    import numpy as np
 
     from lwsr_plugin.inference import InferenceError
     if not path.lower().endswith(IMG_EXTS):
@@ -63,6 +64,8 @@ def read_any(path):
         img = img[..., 0]
     if img.ndim == 3 and img.shape[2] not in (3, 4):
         raise InferenceError(f'{img.shape[2]} channels (grey, RGB or RGBA only)')
+    if img.dtype not in (np.uint8, np.uint16):
+        raise InferenceError(f'unsupported pixel type {img.dtype} (8- or 16-bit images only)')
     return img
 
 
