@@ -148,25 +148,29 @@ def load_resume_state(opt):
     return None
 
 
+def atomic_save(obj, f, *args, **kwargs):
+    """``torch.save`` to a temp file renamed into place: a process killed while saving never leaves a truncated file
+    under the final name."""
+    if not isinstance(f, (str, os.PathLike)):
+        return torch.save(obj, f, *args, **kwargs)
+    tmp = f'{os.fspath(f)}.tmp-{os.getpid()}'
+    try:
+        torch.save(obj, tmp, *args, **kwargs)
+        os.replace(tmp, f)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class _TorchWithAtomicSave:
-    """``torch`` as BasicSR's base_model sees it, except that ``save`` writes a temp file and renames it: a run
-    killed while saving never leaves a truncated ``.pth`` / ``.state`` under the final name (which --auto_resume
-    would then pick and crash on)."""
+    """``torch`` as BasicSR's base_model sees it, except that ``save`` is ``atomic_save``: a run killed while saving
+    never leaves a truncated ``.pth`` / ``.state`` under the final name (which --auto_resume would then pick and
+    crash on)."""
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def save(obj, f, *args, **kwargs):
-        if not isinstance(f, (str, os.PathLike)):
-            return torch.save(obj, f, *args, **kwargs)
-        tmp = f'{os.fspath(f)}.tmp-{os.getpid()}'
-        try:
-            torch.save(obj, tmp, *args, **kwargs)
-            os.replace(tmp, f)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    save = staticmethod(atomic_save)
 
 
 def read_state_dict(load_path, param_key='params'):

@@ -19,6 +19,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from lwsr_plugin.compat import atomic_save
+
 
 class CaffeModelError(ValueError):
     """The file is not a readable .caffemodel, or not the IDN network."""
@@ -199,9 +201,7 @@ def _check_against_arch(path, state, kwargs):
 def save_basicsr_pth(state, out_path):
     """Write ``{'params': state}``, what BasicSR's ``load_network`` (``param_key_g: params``) reads."""
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f'{out_path}.tmp-{os.getpid()}'  # never a half-written .pth under the final name
-    torch.save({'params': state}, tmp)
-    os.replace(tmp, out_path)
+    atomic_save({'params': state}, out_path)  # never a half-written .pth under the final name
     return out_path
 
 
