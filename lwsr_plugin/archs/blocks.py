@@ -180,8 +180,15 @@ class MeanShift(nn.Module):
         self.bias = sign * img_range * torch.tensor(rgb_mean, dtype=torch.float32)
         self._default = (self.weight.clone(), self.bias.clone())
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() move the plain tensors too, as they would buffers, so forward does not copy them
+        # host-to-device on every call; the defaults follow so that is_default still compares like with like
+        self.weight, self.bias = fn(self.weight), fn(self.bias)
+        self._default = tuple(fn(t) for t in self._default)
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x):
-        # plain attributes do not follow .to(); move them lazily to the input's device and dtype
+        # a no-op when _apply already matched them to the input; needed after loading CPU tensors into a moved model
         return nn.functional.conv2d(x, self.weight.to(x), self.bias.to(x))
 
     def is_default(self):
