@@ -108,22 +108,16 @@ def evaluate(model_path, opt, data_root, out_dir):
     """SR and bicubic Y-PSNR of every validation photo; writes SR PNGs and one comparison PNG per photo."""
     import cv2
     import numpy as np
-    import torch
-    from basicsr.archs import build_network
     from basicsr.metrics import calculate_psnr
     from lwsr_plugin.data.resize import bicubic_resize
-    net = build_network(dict(opt['network_g']))
-    net.load_state_dict(torch.load(model_path, map_location='cpu')['params'])
-    net.eval()
+    from lwsr_plugin.inference import Upscaler, load_model
+    upscaler = Upscaler(load_model(opt['network_g'], model_path, 'params'))
     results = []
     for hr_path in sorted(glob.glob(os.path.join(data_root, 'val', 'HR', '*.png'))):
         name = os.path.splitext(os.path.basename(hr_path))[0]
         hr = cv2.imread(hr_path)
         lr = cv2.imread(os.path.join(data_root, 'val', 'LR_bicubic', f'X{SCALE}', f'{name}x{SCALE}.png'))
-        x = torch.from_numpy(lr[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255.)[None]
-        with torch.no_grad():
-            sr = net(x)[0].clamp(0, 1).numpy().transpose(1, 2, 0)[..., ::-1]
-        sr = np.ascontiguousarray((sr * 255.).round().astype(np.uint8))
+        sr = np.ascontiguousarray(upscaler.upscale(lr))
         bic = bicubic_resize(lr, SCALE)
         psnr_sr = calculate_psnr(sr, hr, crop_border=SCALE, test_y_channel=True)
         psnr_bic = calculate_psnr(bic, hr, crop_border=SCALE, test_y_channel=True)
