@@ -7,11 +7,19 @@
 3. Resume on CPU: BasicSR's ``load_resume_state`` maps the state to ``torch.cuda.current_device()``.
 4. Validation under DDP runs on rank 0 only; forwarding through the DDP wrapper there would broadcast buffers from
    rank 0 alone and desync the ranks, so validation forwards the bare network.
+5. BasicSR's own ``train.py``/``test.py`` run as scripts are ``__main__``, whose functions no patch reaches, and they
+   write into site-packages when BasicSR is installed: their first call, ``parse_options``, hands the run to
+   ``lwsr_plugin.entry`` (the same run as ``lwsr-train``/``lwsr-test``) and exits with its status.
+6. Progress: a training log line with it/s and ETA at least every ``logger.progress_interval`` seconds (default 10),
+   not only every ``print_freq`` iterations; ``lwsr-test`` shows BasicSR's per-set progress bar (``val.pbar``).
 
 Nothing here edits BasicSR's files; every patch replaces a name at the place BasicSR looks it up, once.
 """
+import contextlib
+import datetime
 import os
 import sys
+import time
 
 import _lwsr_plugin_startup
 
@@ -23,6 +31,7 @@ import torch.distributed as dist  # noqa: E402
 import basicsr  # noqa: E402,F401  (works now)
 from basicsr.models import base_model as _base_model  # noqa: E402
 from basicsr.utils import dist_util as _dist_util  # noqa: E402
+from basicsr.utils import logger as _logger  # noqa: E402
 from basicsr.utils import options as _options  # noqa: E402
 
 _PATCHED = '_lwsr_plugin_patched'
@@ -249,7 +258,8 @@ def resolve_network(opt, option='network_g'):
         close = difflib.get_close_matches(str(arch), list(ARCH_REGISTRY.keys()), n=3)
         raise KeyError(f'{option}.type: {arch!r} is not registered in BasicSR\'s ARCH_REGISTRY' +
                        (f'; did you mean {close}?' if close else '.') +
-                       f' Registered: {sorted(ARCH_REGISTRY.keys())}. For your own arch, import its module first.')
+                       f' Registered: {sorted(ARCH_REGISTRY.keys())}. For your own arch, list its file or folder under '
+                       '`user_modules:` in the option file (or in LWSR_USER_MODULES); see README "Your own arch".')
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in opt if k != 'type' and k not in params]
@@ -269,6 +279,133 @@ def _wrap_build_network(original):
     return build_network
 
 
+_RUN = {}  # settings of the run that lwsr_plugin.entry started in this process
+
+
+@contextlib.contextmanager
+def run_settings(**settings):
+    """While active, BasicSR's pipeline runs with ``settings``: ``root_note`` (first log line), ``kind``."""
+    _RUN.update(settings)
+    try:
+        yield
+    finally:
+        _RUN.clear()
+
+
+def _is_basicsr_script(frame):
+    """True when ``frame`` is ``train_pipeline``/``test_pipeline`` of BasicSR's own script run as ``__main__``."""
+    g = frame.f_globals
+    folder = os.path.dirname(os.path.abspath(g.get('__file__') or ''))
+    return (frame.f_code.co_name in ('train_pipeline', 'test_pipeline') and g.get('__name__') == '__main__' and
+            os.path.basename(folder) == 'basicsr' and os.path.isfile(os.path.join(folder, '__init__.py')))
+
+
+def _wrap_parse_options(original):
+
+    def parse_options(root_path, is_train=True):
+        if _is_basicsr_script(sys._getframe(1)):
+            from lwsr_plugin.entry import run_basicsr_script
+            sys.exit(run_basicsr_script('train' if is_train else 'test', root_path))
+        opt, args = original(root_path, is_train)
+        if _RUN.get('kind') == 'test' and isinstance(opt.get('val'), dict):
+            opt['val'].setdefault('pbar', True)  # BasicSR's own per-image tqdm bar, off by default
+        return opt, args
+
+    parse_options.__wrapped__ = original
+    return parse_options
+
+
+def _wrap_get_root_logger(original):
+    """The pipeline's first ``get_root_logger`` call (the one that opens the log file) states the output root."""
+
+    def get_root_logger(logger_name='basicsr', log_level=20, log_file=None):
+        logger = original(logger_name, log_level, log_file)
+        note = _RUN.pop('root_note', None)
+        if note and log_file is not None:
+            logger.info(note)
+        return logger
+
+    get_root_logger.__wrapped__ = original
+    return get_root_logger
+
+
+class TrainingProgress:
+    """Iterations/s and ETA of the running training, logged at least every ``interval`` seconds of wall time.
+
+    BasicSR logs every ``logger.print_freq`` iterations; on a slow machine that can be minutes of silence. The
+    training loop calls ``update_learning_rate(current_iter)`` first thing in every iteration, so the time between
+    those calls is the iteration time, data loading included."""
+
+    def __init__(self, opt):
+        self.interval = float((opt.get('logger') or {}).get('progress_interval', 10) or 0)
+        self.total = int(opt['train']['total_iter'])
+        self.name = opt.get('name', '')
+        self.start = None  # (time, iteration) of the first observed iteration
+        self.last_line = time.time()
+
+    def rate(self, done, now=None):
+        if self.start is None or done <= self.start[1]:
+            return None
+        return (done - self.start[1]) / max((now or time.time()) - self.start[0], 1e-9)
+
+    def eta(self, done, now=None):
+        rate = self.rate(done, now)
+        return None if not rate else datetime.timedelta(seconds=int((self.total - done) / rate))
+
+    def step(self, current_iter, logger_fn, log_dict=None):
+        """Called at the start of iteration ``current_iter``; iteration ``current_iter - 1`` is complete."""
+        now = time.time()
+        done = current_iter - 1
+        if self.start is None:
+            self.start, self.last_line = (now, done), now
+            return
+        if not self.interval or now - self.last_line < self.interval:
+            return
+        rate = self.rate(done, now)
+        losses = ' '.join(f'{k}: {v:.4e}' for k, v in (log_dict or {}).items())
+        logger_fn(f'[{self.name[:5]}..][progress] iter:{done:8,d}/{self.total:,} | {rate:.3f} it/s | '
+                  f'eta: {self.eta(done, now)} {losses}'.rstrip())
+        self.last_line = now
+
+
+def _wrap_update_learning_rate(original):
+
+    def update_learning_rate(self, current_iter, warmup_iter=-1):
+        original(self, current_iter, warmup_iter)
+        if not getattr(self, 'is_train', False) or self.opt.get('rank', 0) != 0:
+            return
+        progress = getattr(self, '_lwsr_progress', None)
+        if progress is None:
+            progress = self._lwsr_progress = TrainingProgress(self.opt)
+            _RUN['progress'] = progress
+        from basicsr.utils import get_root_logger
+        progress.step(current_iter, get_root_logger().info, getattr(self, 'log_dict', None))
+
+    update_learning_rate.__wrapped__ = original
+    return update_learning_rate
+
+
+def _wrap_message_logger_call(original):
+    """BasicSR's periodic line, with it/s added; it also restarts the progress interval."""
+
+    def __call__(self, log_vars):
+        progress = _RUN.get('progress')
+        if progress is None:
+            return original(self, log_vars)
+        rate = progress.rate(log_vars.get('iter', 0))
+        logger = self.logger
+        suffix = f' [{rate:.3f} it/s]' if rate else ''
+        self.logger = type('_Suffixed', (), {'info': staticmethod(lambda msg: logger.info(msg + suffix))})()
+        try:
+            return original(self, log_vars)
+        finally:
+            self.logger = logger
+            progress.last_line = time.time()
+
+    __call__.__wrapped__ = original
+    return __call__
+
+
 _original_init_dist = _dist_util.init_dist
 
 
@@ -283,17 +420,23 @@ def apply():
     BaseModel.__init__ = _wrap_base_init(BaseModel.__init__)
     BaseModel.validation = _wrap_validation(BaseModel.validation)
     BaseModel.load_network = load_network
+    BaseModel.update_learning_rate = _wrap_update_learning_rate(BaseModel.update_learning_rate)
     _base_model.torch = _TorchWithAtomicSave()
+    _logger.MessageLogger.__call__ = _wrap_message_logger_call(_logger.MessageLogger.__call__)
+    parse_options = _wrap_parse_options(_options.parse_options)
+    _options.parse_options = parse_options  # before basicsr.train/test import the name (and __main__ scripts)
     import basicsr.archs
     import basicsr.models.sr_model as _sr_model
     wrapped = _wrap_build_network(basicsr.archs.build_network)
     for module in [basicsr.archs, _sr_model] + [m for n, m in sys.modules.items() if n.startswith('basicsr.models.')]:
         if getattr(module, 'build_network', None) is wrapped.__wrapped__:
             module.build_network = wrapped
-    train_mod = sys.modules.get('basicsr.train')
-    if train_mod is None:
-        import basicsr.train as train_mod
+    import basicsr.test as test_mod
+    import basicsr.train as train_mod
     train_mod.load_resume_state = load_resume_state
+    for mod in (train_mod, test_mod):
+        mod.parse_options = parse_options
+        mod.get_root_logger = _wrap_get_root_logger(_logger.get_root_logger)
     setattr(_base_model, _PATCHED, True)
 
 

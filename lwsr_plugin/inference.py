@@ -9,7 +9,6 @@ import inspect
 import numpy as np
 import torch
 
-import lwsr_plugin  # noqa: F401  (registers the archs)
 from lwsr_plugin.archs.blocks import contrast
 from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
 from lwsr_plugin.fast_imdn import fast_inference_net
@@ -24,9 +23,12 @@ def network_options(arch=None, scale=None, arch_kwargs=None, opt_path=None):
     """``network_g`` dict from an option file (``opt_path``) or from ``arch`` + kwargs; ``scale`` sets ``upscale``
     when the arch takes one (and must agree with an option file's)."""
     if opt_path:
-        from lwsr_plugin.cli.checks import _load_yaml
-        opt = _load_yaml(opt_path)
-        if not isinstance(opt, dict) or not opt.get('network_g'):
+        from lwsr_plugin.options import OptionError, load_yaml
+        try:
+            opt = load_yaml(opt_path)
+        except OptionError as err:
+            raise InferenceError(f'--opt {err}') from None
+        if not opt.get('network_g'):
             raise InferenceError(f'--opt {opt_path}: no network_g section (not a BasicSR option file).')
         net_opt = dict(opt['network_g'])
         if arch and arch != net_opt.get('type'):

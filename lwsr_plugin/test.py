@@ -1,22 +1,22 @@
 """``lwsr-test`` / ``python -m lwsr_plugin.test``: BasicSR's own ``test_pipeline`` with the plugin registered.
 
-Results (``results/<name>``) go under the current working directory. Test sets whose folders are absent (the
-shipped option files list Set5, Set14, BSD100, Urban100 and Manga109) are reported as skipped.
+Results (``results/<name>``) go under the current working directory (or ``path.root`` / ``LWSR_ROOT``), with a
+progress bar per test set. Test sets whose folders are absent (the shipped option files list Set5, Set14, BSD100,
+Urban100 and Manga109) are reported as skipped. See :mod:`lwsr_plugin.entry`.
 """
-import os
 import sys
 
-import lwsr_plugin  # noqa: F401  (compat patches + registration)
-from lwsr_plugin.cli.checks import check_cli_options
-from lwsr_plugin.cli.evaluate import present_datasets_only
+import lwsr_plugin  # noqa: F401  (cheap; spawned DataLoader workers re-import this module)
 
 
-def main():
-    import basicsr.test
+def main(argv=None):
+    from lwsr_plugin.cli.evaluate import present_datasets_only
+    from lwsr_plugin.entry import run
+    if argv is not None:
+        sys.argv[1:] = list(argv)
     with present_datasets_only(sys.argv):  # BasicSR's parse_options reads sys.argv
-        check_cli_options()
-        basicsr.test.test_pipeline(os.getcwd())
+        return run('test', None, prog='lwsr-test')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 from _utils import PY, run
 
 
@@ -25,6 +27,27 @@ def test_import_basicsr_registers_plugin(tmp_path):
 def test_from_basicsr_submodule_import(tmp_path):
     code = 'from basicsr.utils.registry import ARCH_REGISTRY; print("IMDN" in ARCH_REGISTRY)'
     assert py(code, tmp_path).stdout.strip() == 'True'
+
+
+def test_import_lwsr_plugin_is_light(tmp_path):
+    """`import lwsr_plugin` loads neither torch nor BasicSR; registration happens when BasicSR is imported."""
+    code = ('import sys, lwsr_plugin; print(sorted(m for m in ("torch", "basicsr", "cv2") if m in sys.modules)); '
+            'from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY; '
+            'print("SLWSR" in ARCH_REGISTRY, "TwoStageSRModel" in MODEL_REGISTRY)')
+    assert py(code, tmp_path).stdout.split('\n')[:2] == ['[]', 'True True']
+
+
+@pytest.mark.parametrize('first', ['import lwsr_plugin.inference', 'from lwsr_plugin.fast_imdn import FastIMDN',
+                                   'from lwsr_plugin.data.gray_paired_image_dataset import PairedGrayImageDataset'])
+def test_any_plugin_module_imported_first(first, tmp_path):
+    """Whatever a user imports first, the plugin registers whole before that module runs: no half-initialised
+    module in an import cycle, no double registration."""
+    code = (f'{first}\nimport sys\nfrom basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY, '
+            'DATASET_REGISTRY, METRIC_REGISTRY\n'
+            'print(all(n in ARCH_REGISTRY for n in ("IMDN", "IDN", "DRN", "SLWSR")), "LWSRModel" in MODEL_REGISTRY, '
+            '"PairedGrayImageDataset" in DATASET_REGISTRY, "calculate_ifc" in METRIC_REGISTRY, '
+            'type(sys.modules["lwsr_plugin.archs.imdn_arch"].__spec__.loader).__name__)')
+    assert py(code, tmp_path).stdout.split() == ['True', 'True', 'True', 'True', 'SourceFileLoader']
 
 
 def test_autoload_switch_off(tmp_path):

@@ -1,5 +1,5 @@
-"""Real BasicSR training loops on CPU: BasicSR's own train.py, lwsr-train with kill + --auto_resume, and a
-2-process torchrun run over gloo."""
+"""Real BasicSR training loops on CPU: lwsr-train with kill + --auto_resume, resume from a path, a truncated state, and
+a 2-process torchrun run over gloo (BasicSR's own train.py: test_entry_points.py)."""
 import glob
 import os
 import re
@@ -14,22 +14,6 @@ import torch
 from _utils import BIN, PY, free_port, link_datasets, run, write_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def test_basicsr_own_train_py_runs_plugin_arch(tmp_path, datasets_dir):
-    """The installed, unmodified basicsr/train.py trains an IMDN option file (no import line anywhere)."""
-    import basicsr
-    train_py = os.path.join(os.path.dirname(basicsr.__file__), 'train.py')
-    root = os.path.dirname(os.path.dirname(basicsr.__file__))  # BasicSR's root_path: where it puts experiments/
-    name = f'lwsr_ci_basicsr_train_{os.getpid()}_{time.time_ns()}'
-    work = link_datasets(tmp_path, datasets_dir)
-    opt = write_options(tmp_path / 'opt.yml', name=name, **{'train.total_iter': 3, 'logger.use_tb_logger': False})
-    try:
-        out = run([PY, train_py, '-opt', opt], cwd=work).stdout
-        assert 'Network [IMDN] is created.' in out
-        assert os.path.isfile(os.path.join(root, 'experiments', name, 'models', 'net_g_latest.pth'))
-    finally:
-        shutil.rmtree(os.path.join(root, 'experiments', name), ignore_errors=True)
 
 
 def _states(work, name):

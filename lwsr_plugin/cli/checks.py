@@ -4,19 +4,7 @@ import argparse
 import os
 import sys
 
-import yaml
-
-
-class OptionError(ValueError):
-    """An option file that cannot run; the message names the key and the fix."""
-
-
-def _load_yaml(path):
-    if not os.path.isfile(path):
-        raise OptionError(f'-opt {path}: no such option file.')
-    from basicsr.utils.options import ordered_yaml
-    with open(path, encoding='utf-8') as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
+from lwsr_plugin.options import OptionError, load_yaml
 
 
 def _dataset_paths(opt, root):
@@ -36,9 +24,7 @@ def check_options(opt_path, root=None):
 
     from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
     root = root or os.getcwd()
-    opt = _load_yaml(opt_path)
-    if not isinstance(opt, dict) or 'name' not in opt:
-        raise OptionError(f'{opt_path}: not a BasicSR option file (no top-level `name:`).')
+    opt = load_yaml(opt_path)
     for key, path in _dataset_paths(opt, root):
         is_lmdb = path.rstrip('/').endswith('.lmdb')
         if not os.path.exists(path):

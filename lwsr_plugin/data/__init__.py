@@ -1,4 +1,3 @@
-"""Imports every `*_dataset.py` module of this folder, which registers its classes in BasicSR's registries."""
-from lwsr_plugin.utils import import_modules_with_suffix
-
-_modules = import_modules_with_suffix(__name__, __file__, '_dataset.py')
+"""Datasets (``*_dataset.py``, registered in BasicSR's DATASET_REGISTRY by :func:`lwsr_plugin.register`) and the
+data preparation commands. Importing this package imports nothing heavy: ``lwsr-prepare-*``/``lwsr-check-lmdb``
+answer ``--help`` and check their arguments before torch or BasicSR is loaded."""

@@ -1,4 +1,2 @@
-"""Imports every `*_metric.py` module of this folder, which registers its classes in BasicSR's registries."""
-from lwsr_plugin.utils import import_modules_with_suffix
-
-_modules = import_modules_with_suffix(__name__, __file__, '_metric.py')
+"""Every `*_metric.py` module of this folder registers its classes in BasicSR's registries. They are imported by
+:func:`lwsr_plugin.register`, which runs before any module of this folder (the plugin's import finder sees to it)."""

@@ -1,0 +1,114 @@
+"""What ``lwsr-train`` / ``lwsr-test`` do around BasicSR's own ``train_pipeline`` / ``test_pipeline``, and what
+BasicSR's own ``basicsr/train.py`` / ``basicsr/test.py`` do when run as scripts (``compat`` hands them over here), so
+that every entry point behaves the same:
+
+1. ``--help`` answers at once (BasicSR's arguments, plus where outputs go and how to add your own modules);
+2. the option file's ``user_modules`` are imported (your archs, models, losses, datasets; see ``registration``);
+3. the option file is checked (``cli.checks``): a mistake fails in one line before anything is written;
+4. the output root is chosen (``options.output_root``) and stated, on stdout and as the first line of the log file;
+5. BasicSR's pipeline runs, with every ``compat`` fix (CPU/gloo torchrun, resume on CPU, atomic checkpoints, ...).
+
+Light at module level (no torch): the heavy imports happen after ``--help`` and the option file were read.
+"""
+import argparse
+import os
+import sys
+
+from lwsr_plugin.options import OptionError, load_yaml, output_root
+
+PIPELINES = {'train': 'basicsr.train:train_pipeline', 'test': 'basicsr.test:test_pipeline'}
+
+
+def help_parser(kind, prog=None):
+    """The arguments BasicSR's ``parse_options`` takes (it builds its parser inside the function, so it cannot be
+    asked without importing torch), with the plugin's additions explained."""
+    what = 'Train' if kind == 'train' else 'Test'
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f'{what} a model from a BasicSR option file with BasicSR\'s own {kind}_pipeline and lwsr_plugin\'s '
+        'archs, models, losses, datasets and metrics registered.',
+        epilog=f'''outputs:
+  experiments/, tb_logger/ and results/ go under the working directory; set `path.root: DIR` in the option file or
+  LWSR_ROOT=DIR to put them elsewhere. The chosen folder is the first line of the log.
+
+your own archs, models, losses, datasets, metrics:
+  user_modules: [./myarchs, mypkg.my_arch]   # option file: a folder of *_arch.py/*_model.py/... files, a .py file,
+                                             # or a dotted module name (relative to the working directory)
+  LWSR_USER_MODULES=./myarchs                # the same for every process, as an environment variable
+
+several processes (GPUs with nccl, CPU cores with gloo):
+  torchrun --nproc_per_node=N -m lwsr_plugin.{kind} -opt X.yml --launcher pytorch''')
+    parser.add_argument('-opt', required=True, metavar='OPTION_FILE', help='path to the option YAML file')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher: pytorch under torchrun (default: none, one process)')
+    if kind == 'train':
+        parser.add_argument('--auto_resume', action='store_true',
+                            help='continue from the newest experiments/<name>/training_states/*.state')
+    parser.add_argument('--debug', action='store_true', help="prefix the run's name with debug_ (no tb_logger)")
+    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
+                        help='override option-file values, e.g. train:ema_decay=0.999')
+    return parser
+
+
+def _opt_path(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt')
+    return parser.parse_known_args(argv)[0].opt
+
+
+def _is_rank0():
+    return os.environ.get('RANK', '0') == '0'
+
+
+def run(kind, argv=None, default_root=None, default_source='the working directory', prog=None):
+    """Run BasicSR's ``kind`` pipeline ('train' or 'test') as described in the module docstring.
+
+    ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). Returns the exit status.
+    """
+    if argv is not None:
+        sys.argv[1:] = list(argv)
+    args = sys.argv[1:]
+    if not args or '-h' in args or '--help' in args:
+        help_parser(kind, prog).parse_args(args)  # prints help / a usage error and exits
+    opt_file = _opt_path(args)
+    try:
+        opt = load_yaml(opt_file)
+    except OptionError as err:
+        sys.exit(f'lwsr_plugin: {err}')
+    from lwsr_plugin.registration import OPTION_USER_MODULES, UserModuleError, import_user_modules, register
+    register()
+    try:
+        import_user_modules(opt.get(OPTION_USER_MODULES) or [], source=f'{opt_file}: {OPTION_USER_MODULES}')
+    except UserModuleError as err:
+        sys.exit(f'lwsr_plugin: {err}')
+    root, source = output_root(opt, default_root or os.getcwd(), default_source)
+
+    from lwsr_plugin import compat
+    from lwsr_plugin.cli.checks import check_cli_options
+    check_cli_options(args)
+    note = f'lwsr_plugin: outputs (experiments/, tb_logger/, results/) under {root} (from {source}).'
+    if _is_rank0():
+        print(note, flush=True)
+    module, func = PIPELINES[kind].split(':')
+    import importlib
+    pipeline = getattr(importlib.import_module(module), func)
+    with compat.run_settings(root_note=note, kind=kind):
+        pipeline(root)
+    return 0
+
+
+def run_basicsr_script(kind, basicsr_root):
+    """BasicSR's own ``train.py``/``test.py`` run as a script: the same as ``lwsr-train``/``lwsr-test``, except that a
+    BasicSR source checkout keeps its own root (the classic ``python basicsr/train.py`` from the checkout)."""
+    from lwsr_plugin.options import is_site_packages
+    if is_site_packages(basicsr_root):
+        default, source = os.getcwd(), 'the working directory; BasicSR would have used site-packages'
+    else:
+        default, source = basicsr_root, 'the BasicSR checkout that holds this train.py' if kind == 'train' else \
+            'the BasicSR checkout that holds this test.py'
+    if kind == 'test':
+        from lwsr_plugin.cli.evaluate import present_datasets_only
+        with present_datasets_only(sys.argv):
+            return run(kind, None, default, source)
+    return run(kind, None, default, source)
