@@ -84,6 +84,7 @@ setup(
         'tb-nightly',
         'tqdm',
         'scikit-image',
+        'safetensors',
     ],
     extras_require={
         'onnx': ['onnx', 'onnxruntime'],

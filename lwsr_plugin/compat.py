@@ -143,7 +143,7 @@ def load_resume_state(opt):
         device = torch.device('cpu')
     for path in candidates:
         try:
-            resume_state = torch.load(path, map_location=device)
+            resume_state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # a state cut short by a kill (written by BasicSR before this plugin saved atomically)
             if not opt['auto_resume']:
                 raise RuntimeError(f'path.resume_state: {path} cannot be read ({type(err).__name__}: {err}). '
@@ -153,8 +153,17 @@ def load_resume_state(opt):
             continue
         opt['path']['resume_state'] = path
         check_resume(opt, resume_state['iter'])
+        _resume_weights_format(opt)
         return resume_state
     return None
+
+
+def _resume_weights_format(opt):
+    """BasicSR's ``check_resume`` names ``net_g_<iter>.pth``; a run saving safetensors wrote ``.safetensors``."""
+    for key, value in list(opt['path'].items()):
+        if key.startswith('pretrain_network') and isinstance(value, str) and value.endswith('.pth') and \
+                not os.path.isfile(value) and os.path.isfile(value[:-4] + '.safetensors'):
+            opt['path'][key] = value[:-4] + '.safetensors'
 
 
 def atomic_save(obj, f, *args, **kwargs):
@@ -171,31 +180,95 @@ def atomic_save(obj, f, *args, **kwargs):
             os.remove(tmp)
 
 
+_EXTRA_STATE = {}
+
+
+@contextlib.contextmanager
+def extra_training_state(**entries):
+    """While active, the training state BasicSR's ``save_training_state`` writes also carries ``entries`` (e.g. a
+    GradScaler's state), without copying BasicSR's function."""
+    _EXTRA_STATE.update(entries)
+    try:
+        yield
+    finally:
+        for key in entries:
+            _EXTRA_STATE.pop(key, None)
+
+
+def _save_from_base_model(obj, f, *args, **kwargs):
+    if _EXTRA_STATE and isinstance(obj, dict) and 'optimizers' in obj and 'iter' in obj:
+        obj = dict(obj, **_EXTRA_STATE)
+    return atomic_save(obj, f, *args, **kwargs)
+
+
 class _TorchWithAtomicSave:
     """``torch`` as BasicSR's base_model sees it, except that ``save`` is ``atomic_save``: a run killed while saving
     never leaves a truncated ``.pth`` / ``.state`` under the final name (which --auto_resume would then pick and
-    crash on)."""
+    crash on). Training states get the entries of ``extra_training_state``."""
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    save = staticmethod(atomic_save)
+    save = staticmethod(_save_from_base_model)
+
+
+def require_safetensors(option):
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        raise SystemExit(f'lwsr_plugin: {option} needs the safetensors package: pip install safetensors') from None
+
+
+def save_safetensors(tensors, path, metadata=None):
+    """``safetensors.torch.save_file`` to a temp name renamed into place (never a truncated file under ``path``)."""
+    from safetensors.torch import save_file
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_safetensors(load_path, param_key):
+    """A plugin ``.safetensors`` checkpoint (keys ``params.<name>``, ``params_ema.<name>``) or a plain one."""
+    require_safetensors(f'reading {load_path}')
+    from safetensors.torch import load_file
+    flat = load_file(load_path, device='cpu')
+    groups = {}
+    for key, value in flat.items():
+        prefix, _, name = key.partition('.')
+        groups.setdefault(prefix, {})[name] = value
+    if groups and set(groups) <= {'params', 'params_ema'}:
+        key = param_key if param_key in groups else 'params' if 'params' in groups else 'params_ema'
+        return groups[key], key
+    return flat, None  # a plain state dict saved by someone else
 
 
 def read_state_dict(load_path, param_key='params'):
     """The state dict in a checkpoint: under ``param_key`` (BasicSR's files), ``params``, or the root of a plain state
-    dict (official releases); ``module.`` prefixes stripped. Returns (state_dict, key used)."""
-    load_net = torch.load(load_path, map_location='cpu')
-    if param_key is not None and isinstance(load_net, dict):
-        if param_key in load_net:
-            load_net = load_net[param_key]
-        elif 'params' in load_net:
-            param_key, load_net = 'params', load_net['params']
-        elif load_net and all(torch.is_tensor(v) for v in load_net.values()):
-            param_key = None
-        else:
-            raise KeyError(f'{load_path} has no {param_key!r} entry (keys: {list(load_net)[:5]}). Set param_key_g '
-                           'to one of its keys, or to ~ for a plain state dict.')
+    dict (official releases); ``module.`` prefixes stripped. ``.pth`` files are read weights-only (no code runs);
+    ``.safetensors`` files as the plugin writes them. Returns (state_dict, key used)."""
+    if str(load_path).endswith('.safetensors'):
+        load_net, param_key = _read_safetensors(load_path, param_key)
+    else:
+        try:
+            load_net = torch.load(load_path, map_location='cpu', weights_only=True)
+        except Exception as err:
+            raise ValueError(f'{load_path} cannot be read as a weights-only checkpoint ({type(err).__name__}: '
+                             f'{str(err).splitlines()[0][:200]}). Give a BasicSR .pth / .safetensors network '
+                             'file.') from None
+        if param_key is not None and isinstance(load_net, dict):
+            if param_key in load_net:
+                load_net = load_net[param_key]
+            elif 'params' in load_net:
+                param_key, load_net = 'params', load_net['params']
+            elif load_net and all(torch.is_tensor(v) for v in load_net.values()):
+                param_key = None
+            else:
+                raise KeyError(f'{load_path} has no {param_key!r} entry (keys: {list(load_net)[:5]}). Set param_key_g '
+                               'to one of its keys, or to ~ for a plain state dict.')
     return {(k[7:] if k.startswith('module.') else k): v for k, v in load_net.items()}, param_key
 
 

@@ -43,6 +43,7 @@ def check_options(opt_path, root=None):
         cls = resolve_network(net_opt)
         with torch.device('meta'):  # runs the arch's own argument checks without allocating it
             net = cls(**{k: v for k, v in net_opt.items() if k != 'type'})
+    _check_model_options(opt)
     scale = opt.get('scale')
     net_scale = (opt.get('network_g') or {}).get('upscale')
     if scale is not None and net_scale is not None and scale != net_scale:
@@ -60,6 +61,23 @@ def check_options(opt_path, root=None):
             except ValueError as err:
                 raise OptionError(str(err)) from None
     return opt
+
+
+def _check_model_options(opt):
+    """The plugin models' own options (train.amp, train.compile, logger.save_format, ...)."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    from lwsr_plugin.models.fast_training import TrainingOptionError
+    from lwsr_plugin.models.lwsr_model import LWSRModel
+    model_type = opt.get('model_type', 'SRModel')
+    if model_type not in MODEL_REGISTRY:
+        raise OptionError(f'model_type: {model_type!r} is not registered in BasicSR\'s MODEL_REGISTRY. Registered: '
+                          f'{sorted(MODEL_REGISTRY.keys())}. For your own model, list its file under `user_modules:`.')
+    if issubclass(MODEL_REGISTRY.get(model_type), LWSRModel):
+        try:
+            LWSRModel.parse_options(opt)
+        except TrainingOptionError as err:
+            raise OptionError(str(err)) from None
 
 
 def check_cli_options(argv=None):

@@ -26,10 +26,10 @@ import torch
 
 from basicsr.data.transforms import paired_random_crop
 from basicsr.losses import build_loss
-from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from lwsr_plugin.models.lwsr_model import LWSRModel
 
 
 def _smallest_training_image(dataset_opt):
@@ -60,8 +60,8 @@ def _smallest_training_image(dataset_opt):
 
 
 @MODEL_REGISTRY.register()
-class TwoStageSRModel(SRModel):
-    """SRModel whose pixel loss, learning rate and training patch size change once, at ``train.two_stage.switch_iter``.
+class TwoStageSRModel(LWSRModel):
+    """LWSRModel (fast training options included) whose pixel loss, learning rate and training patch size change once, at ``train.two_stage.switch_iter``.
 
     Stage 1 is the ordinary SRModel setup; stage 2 follows ``train.two_stage`` (see the module docstring). The log and
     tensorboard get a message at the switch, and every printed log line carries ``stage`` and ``gt_size`` (the HR
@@ -184,6 +184,6 @@ class TwoStageSRModel(SRModel):
             writer.add_scalar('two_stage/stage', 2, current_iter)
 
     def resume_training(self, resume_state):
-        super().resume_training(resume_state)
+        super().resume_training(resume_state)  # optimizers, schedulers, GradScaler
         if resume_state['iter'] > self.two_stage['switch_iter']:
             self.enter_stage2(resume_state['iter'], scale_lr=False)

@@ -1,0 +1,221 @@
+"""Training options shared by every plugin model (``LWSRModel``, ``TwoStageSRModel`` and models derived from them):
+mixed precision, channels_last, ``torch.compile``, gradient clipping, TF32 and the non-finite guard.
+
+Option keys, under ``train`` (all optional; the defaults train exactly as BasicSR's SRModel does)::
+
+    amp: false            # bf16 | fp16 | auto | false. Autocast of the forward pass; losses are computed in fp32.
+                          # fp16 (CUDA only) uses a GradScaler whose state is saved in the .state file.
+                          # auto = bf16 where the device runs it natively (CUDA with bf16, CPU with AVX512-BF16
+                          # or AMX), else false.
+    channels_last: false  # network weights and batches in channels_last (NHWC) memory format
+    compile: false        # false | true | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs:
+                          # torch.compile of the training forward; validation, saving and loading use the plain
+                          # module, so state-dict keys never gain ``_orig_mod.``
+    grad_clip: ~          # max L2 norm of all gradients together (off when ~ or 0)
+    tf32: true            # TF32 matmul/convolutions on CUDA GPUs (Ampere and later); false = full fp32
+    max_nonfinite_steps: 10   # stop after this many non-finite steps in a row
+
+and under ``val``: ``amp: false`` (validation in fp32 so PSNR is comparable; true = the training precision).
+
+The non-finite guard: a step whose loss or gradients are not finite leaves the weights and the optimizer state as
+they were (the optimizer does not step); it is counted and logged. Gradients are checked after DDP has averaged
+them, so every rank takes the same decision. After ``max_nonfinite_steps`` such steps in a row the run stops with a
+message naming the iteration and the likely causes.
+"""
+import contextlib
+import math
+
+import torch
+
+from basicsr.utils import get_root_logger
+
+AMP_VALUES = ('bf16', 'fp16', 'auto', False)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+class TrainingOptionError(ValueError):
+    """A training option that cannot work here; the message names the option and the fix."""
+
+
+class NonFiniteTrainingError(SystemExit):
+    """Raised after ``train.max_nonfinite_steps`` non-finite steps in a row; ends the run with its message."""
+
+
+def bf16_native(device):
+    """True where bf16 runs at speed: CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, 'cpu', None)
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def _compile_probe(device):
+    """Compile and run a tiny function; returns '' or why torch.compile cannot work on this machine."""
+    try:
+        fn = torch.compile(lambda x: torch.nn.functional.relu(x) * 2 + 1)
+        out = fn(torch.ones(4, device=device))
+        if not torch.equal(out.cpu(), torch.full((4, ), 3.0)):
+            return 'a compiled test function gave a wrong result'
+    except Exception as err:  # inductor reports a missing compiler / triton in many exception types
+        return f'{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ""}'
+    return ''
+
+
+def _normalise_amp(value):
+    if value in (None, False, 'false', 'False', 'none', 'off', 'fp32', 'no'):
+        return False
+    if isinstance(value, str) and value.lower() in ('bf16', 'bfloat16'):
+        return 'bf16'
+    if isinstance(value, str) and value.lower() in ('fp16', 'float16', 'half'):
+        return 'fp16'
+    if value is True or (isinstance(value, str) and value.lower() == 'auto'):
+        return 'auto'
+    raise TrainingOptionError(f'train.amp: {value!r} is not a precision. Use bf16, fp16 (CUDA only), auto or false.')
+
+
+def _normalise_compile(value):
+    if value in (None, False, 'false', 'False', 'none', 'off', 'no'):
+        return False
+    if value is True or value in ('true', 'True', 'on', 'yes'):
+        return 'default'
+    if value in COMPILE_MODES:
+        return value
+    raise TrainingOptionError(f'train.compile: {value!r} is not a torch.compile mode. Use false, true or one of '
+                              f'{list(COMPILE_MODES)}.')
+
+
+class TrainingOptions:
+    """The parsed ``train`` keys above, and the pieces of a training step that depend on them."""
+
+    def __init__(self, opt, device):
+        train_opt = opt.get('train') or {}
+        val_opt = opt.get('val') or {}
+        self.device = device
+        amp = _normalise_amp(train_opt.get('amp', False))
+        if amp == 'auto':
+            amp = 'bf16' if bf16_native(device) else False
+        if amp == 'fp16' and device.type != 'cuda':
+            raise TrainingOptionError('train.amp: fp16 needs a CUDA GPU (float16 autocast + GradScaler); on CPU use '
+                                      '`amp: bf16` (or `amp: false`).')
+        if amp == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+            raise TrainingOptionError(f'train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}. '
+                                      'Use `amp: fp16` (or `amp: false`).')
+        self.amp = amp
+        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
+        self.channels_last = bool(train_opt.get('channels_last', False))
+        self.compile = _normalise_compile(train_opt.get('compile', False))
+        clip = train_opt.get('grad_clip')
+        try:
+            self.grad_clip = float(clip) if clip not in (None, False) else 0.0
+        except (TypeError, ValueError):
+            raise TrainingOptionError(f'train.grad_clip: {clip!r} is not a number. Give the max gradient norm, '
+                                      'e.g. `grad_clip: 1.0`, or ~ to turn clipping off.') from None
+        if self.grad_clip < 0 or math.isnan(self.grad_clip):
+            raise TrainingOptionError(f'train.grad_clip: {clip} must be >= 0 (0 or ~ = off).')
+        self.tf32 = bool(train_opt.get('tf32', True))
+        self.max_nonfinite = int(train_opt.get('max_nonfinite_steps', 10))
+        if self.max_nonfinite < 1:
+            raise TrainingOptionError('train.max_nonfinite_steps must be >= 1.')
+        self.val_amp = bool(val_opt.get('amp', False))
+        self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+
+    def describe(self):
+        return (f'amp={self.amp or "off"}, channels_last={self.channels_last}, compile={self.compile or "off"}, '
+                f'grad_clip={self.grad_clip or "off"}, tf32={self.tf32 if self.device.type == "cuda" else "n/a"}, '
+                f'max_nonfinite_steps={self.max_nonfinite}')
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def apply_backend_flags(self):
+        if self.device.type == 'cuda':
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+
+    def prepare_network(self, net):
+        """Memory format of a bare network, before BasicSR wraps it in DDP (whose gradient buckets follow the
+        parameters' strides)."""
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+    def prepare_batch(self, tensor):
+        return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last and tensor.dim() == 4 \
+            else tensor
+
+    def training_forward(self, net):
+        """The callable that runs the training forward: ``net`` itself or its compiled version."""
+        if not self.compile:
+            return net
+        problem = _compile_probe(self.device)
+        if problem:
+            raise TrainingOptionError(f'train.compile: torch.compile cannot compile on this machine ({problem}). '
+                                      'Install a C++ compiler (CPU) or triton (GPU), or set `compile: false`.')
+        return torch.compile(net, mode=None if self.compile == 'default' else self.compile)
+
+    def autocast(self, training=True):
+        enabled = self.dtype is not None and (training or self.val_amp)
+        if not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    # --------------------------------------------------------------------------------------------- the step
+    def backward_and_step(self, loss, optimizer, params, current_iter):
+        """Backward, unscale, clip, and step unless the loss or any gradient is not finite.
+
+        Returns True when the optimizer stepped. Raises :class:`NonFiniteTrainingError` after too many skipped
+        steps in a row."""
+        params = [p for p in params if p.grad is not None or p.requires_grad]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        grads = [p for p in params if p.grad is not None]
+        # one fused norm over all gradients: it is not finite when any gradient is not
+        norm = torch.nn.utils.clip_grad_norm_(grads, self.grad_clip if self.grad_clip > 0 else float('inf'),
+                                              error_if_nonfinite=False, foreach=True) if grads else torch.zeros(())
+        finite = bool(torch.isfinite(loss.detach()).item()) and bool(torch.isfinite(norm).item())
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                optimizer.step()
+            self.nonfinite_in_row = 0
+            return True
+        if self.scaler is not None:
+            self.scaler.update()  # lowers the scale; the step itself is skipped below
+        optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        get_root_logger().warning(
+            f'Non-finite step skipped at iter {current_iter} (loss {loss.detach().float().item():.4g}, gradient norm '
+            f'{norm.float().item():.4g}); weights and optimizer state unchanged; {self.nonfinite_in_row} in a row, '
+            f'{self.nonfinite_total} in this run.')
+        if self.nonfinite_in_row >= self.max_nonfinite:
+            message = (f'lwsr_plugin: training stopped at iter {current_iter}: {self.nonfinite_in_row} non-finite '
+                       f'steps in a row (train.max_nonfinite_steps: {self.max_nonfinite}). Likely causes: a learning '
+                       'rate too high (train.optim_g.lr), corrupt or unnormalised training data (NaN/Inf pixels, '
+                       'wrong mean/std), or fp16 overflow (use amp: bf16 or false). Checkpoints on disk hold the last '
+                       'finite weights; fix the cause and resume.')
+            get_root_logger().error(message)
+            raise NonFiniteTrainingError(message)
+        return False
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def state_dict(self):
+        return {'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+                'nonfinite_total': self.nonfinite_total, 'amp': self.amp}
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        self.nonfinite_total = int(state.get('nonfinite_total', 0))
+        if self.scaler is not None and state.get('scaler'):
+            self.scaler.load_state_dict(state['scaler'])
+
+
+def all_finite(net):
+    """True when every floating-point parameter and buffer of ``net`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
+               if t.is_floating_point())

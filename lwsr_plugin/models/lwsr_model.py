@@ -1,0 +1,175 @@
+"""``LWSRModel``: BasicSR's SRModel with the plugin's fast training options and test-time extras; the base of every
+plugin model.
+
+Training options (under ``train``: ``amp``, ``channels_last``, ``compile``, ``grad_clip``, ``tf32``,
+``max_nonfinite_steps``; under ``val``: ``amp``) are described in :mod:`lwsr_plugin.models.fast_training`; without
+them the model trains exactly as SRModel. ``logger.save_format: safetensors`` writes network weights as
+``net_g_<iter>.safetensors`` (keys ``params.<name>`` / ``params_ema.<name>``, BasicSR's split) instead of ``.pth``.
+
+Test-time option keys (under ``val``, any test or training YAML with ``model_type: LWSRModel``)::
+
+    val:
+      self_ensemble: true   # average over the 8 flips x rot90 of the input, each mapped back (the "+" rows, e.g.
+                            # DRN+ / s-LWSR+ in the papers; Lim et al. 2017, "geometric self-ensemble")
+      tile: 0               # LR tile side in pixels; 0 = whole image at once
+      tile_overlap: 16      # LR context added around each tile and thrown away after the forward
+      tile_stats: image     # image: whole-image statistics for layers that pool their input (IMDN's CCA), by a
+                            # first pass over the tiles; tile: each tile's own (one pass, drifts from whole-image)
+
+Validation during training uses the same options, on the plain (uncompiled) network.
+"""
+import os
+from collections import OrderedDict
+
+import torch
+
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from lwsr_plugin import compat
+from lwsr_plugin.inference import self_ensemble, tile_stat_layers, tiled_forward
+from lwsr_plugin.models.fast_training import TrainingOptionError, TrainingOptions, all_finite
+
+SAVE_FORMATS = ('pth', 'safetensors')
+
+
+@MODEL_REGISTRY.register()
+class LWSRModel(SRModel):
+    """SRModel with the fast training options, the non-finite guard, safetensors checkpoints, and ``val.self_ensemble``
+    / ``val.tile`` / ``val.tile_overlap`` at test time (see module docstring)."""
+
+    def __init__(self, opt):
+        try:  # before SRModel builds the network: bad options fail before any work
+            self.train_options, self.save_format = self.parse_options(opt)
+        except TrainingOptionError as err:
+            raise SystemExit(f'lwsr_plugin: {err}') from None
+        self._train_forward = None
+        super().__init__(opt)
+
+    @staticmethod
+    def parse_options(opt):
+        """``(TrainingOptions, save_format)`` of an option dict; raises TrainingOptionError naming the option.
+        Also run by ``lwsr-train``'s option check, so mistakes fail before BasicSR creates any folder."""
+        num_gpu = opt.get('num_gpu', 0)
+        device = torch.device('cuda' if num_gpu not in (0, None) and torch.cuda.is_available() else 'cpu')
+        options = TrainingOptions(opt, device)
+        save_format = str((opt.get('logger') or {}).get('save_format', 'pth')).lower()
+        if save_format not in SAVE_FORMATS:
+            raise TrainingOptionError(f'logger.save_format: {save_format!r} is not a checkpoint format. Use '
+                                      'safetensors or pth.')
+        if save_format == 'safetensors':
+            compat.require_safetensors('logger.save_format: safetensors')
+        return options, save_format
+
+    # ------------------------------------------------------------------------------------------------ training
+    def model_to_device(self, net):
+        return super().model_to_device(self.train_options.prepare_network(net))
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        options = self.train_options
+        options.apply_backend_flags()
+        if getattr(self, 'net_g_ema', None) is not None:
+            self.net_g_ema = options.prepare_network(self.net_g_ema)
+        try:
+            self._train_forward = options.training_forward(self.net_g)
+        except TrainingOptionError as err:
+            raise SystemExit(f'lwsr_plugin: {err}') from None
+        get_root_logger().info(f'Training options: {options.describe()}.')
+
+    def feed_data(self, data):
+        prepare = self.train_options.prepare_batch
+        self.lq = prepare(data['lq'].to(self.device, non_blocking=True))
+        if 'gt' in data:
+            self.gt = prepare(data['gt'].to(self.device, non_blocking=True))
+
+    def compute_losses(self, output, gt):
+        """SRModel's pixel + perceptual losses, in fp32. Returns ``(total, OrderedDict of the parts)``."""
+        output, gt = output.float(), gt.float()
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            l_pix = self.cri_pix(output, gt)
+            l_total += l_pix
+            loss_dict['l_pix'] = l_pix
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, gt)
+            if l_percep is not None:
+                l_total += l_percep
+                loss_dict['l_percep'] = l_percep
+            if l_style is not None:
+                l_total += l_style
+                loss_dict['l_style'] = l_style
+        return l_total, loss_dict
+
+    def optimize_parameters(self, current_iter):
+        options = self.train_options
+        self.optimizer_g.zero_grad(set_to_none=True)
+        with options.autocast():
+            forward = self.net_g if self._train_forward is None else self._train_forward
+            self.output = forward(self.lq)
+        l_total, loss_dict = self.compute_losses(self.output, self.gt)
+        stepped = options.backward_and_step(l_total, self.optimizer_g, self.net_g.parameters(), current_iter)
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if options.nonfinite_total:
+            self.log_dict['nonfinite_steps'] = float(options.nonfinite_total)
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save(self, epoch, current_iter):
+        nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
+        if not all(all_finite(self.get_bare_model(n)) for n in nets):
+            get_root_logger().error(f'Not saving iter {current_iter}: the network has non-finite weights; the last '
+                                    'checkpoint on disk stays the newest.')
+            return
+        super().save(epoch, current_iter)
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        if self.save_format == 'pth':
+            return super().save_network(net, net_label, current_iter, param_key)
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        tensors = {}
+        for net_, key in zip(nets, keys):
+            for name, value in self.get_bare_model(net_).state_dict().items():
+                name = name[7:] if name.startswith('module.') else name
+                tensors[f'{key}.{name}'] = value.detach().cpu().contiguous()
+        label = 'latest' if current_iter == -1 else current_iter
+        path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.safetensors')
+        compat.save_safetensors(tensors, path, metadata={'network_g': self.opt['network_g']['type'],
+                                                          'param_keys': ','.join(keys)})
+
+    def save_training_state(self, epoch, current_iter):
+        with compat.extra_training_state(lwsr=self.train_options.state_dict()):
+            super().save_training_state(epoch, current_iter)
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        self.train_options.load_state_dict(resume_state.get('lwsr'))
+
+    # ---------------------------------------------------------------------------------------------- inference
+    def _inference(self, net):
+        val_opt = self.opt.get('val') or {}
+        scale = self.opt['scale']
+        tile, overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 16))
+
+        if overlap < 0:
+            raise ValueError(f'val.tile_overlap must be >= 0, got {overlap}.')
+        layers = tile_stat_layers(net, val_opt.get('tile_stats', 'image'), 'val.tile_stats')
+
+        def forward(x):
+            return tiled_forward(net, x, scale, tile, overlap, stat_layers=layers)
+
+        if val_opt.get('self_ensemble', False):
+            return self_ensemble(forward, self.lq)
+        return forward(self.lq)
+
+    def test(self):
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad(), self.train_options.autocast(training=False):
+            self.output = self._inference(net).float()
+        if was_training:
+            net.train()
