@@ -153,7 +153,8 @@ def test_onnx_parity(arch, tmp_path, shared, set5_lr):
 
 
 def test_export_check_images(tmp_path, set5_lr, capsys):
-    """lwsr-export's check images: 16-bit files scaled by their own peak (not 255); a bad file is one clear line."""
+    """lwsr-export's check images: 16-bit files scaled by their own peak (not 255); a bad file is one clear line,
+    before anything is exported; a good run writes the ONNX file (temporary name, then rename) and checks it."""
     pytest.importorskip('onnx')
     from lwsr_plugin.cli import export
     lr = cv2.imread(os.path.join(set5_lr, 'birdx4.png'))[:16, :16]
@@ -167,6 +168,12 @@ def test_export_check_images(tmp_path, set5_lr, capsys):
             '--arch-kwarg', 'num_block=1', '--check-image', str(tmp_path / 'empty.png')]
     assert export.main(args) == 2
     assert 'empty.png: empty file' in capsys.readouterr().err
+    assert not (tmp_path / 'm.onnx').exists()  # check images are read before anything is exported
+    args[-1] = str(tmp_path / 'a16.png')
+    args[1] = str(tmp_path / 'new' / 'm.onnx')
+    assert export.main(args) == 0
+    assert 'a16.png (16, 16): max|ORT-PyTorch|' in capsys.readouterr().out
+    assert os.listdir(tmp_path / 'new') == ['m.onnx']  # written under a temporary name, renamed
 
 
 MEMORY_SCRIPT = textwrap.dedent('''

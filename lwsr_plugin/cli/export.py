@@ -9,17 +9,28 @@ The check runs the ONNX model under onnxruntime (CPU) on ``--check-image`` (or a
 max |difference| to PyTorch and the median latency of each. Inputs are NCHW float32 in [0, 1] (RGB, or Y for IDN).
 """
 import argparse
+import os
 import sys
 import time
 
+# Module-level imports stay light (no torch, onnx, numpy, BasicSR): `lwsr-export --help` answers at once.
+from lwsr_plugin.cli.upscale import _parse_kwargs, read_any
+
 
 def export_onnx(net, path, in_ch, opset=17, sample_hw=(32, 32)):
-    """TorchScript-trace export with dynamic N/H/W axes (the traced graph reads sizes from the input)."""
+    """TorchScript-trace export with dynamic N/H/W axes (the traced graph reads sizes from the input), written under a
+    temporary name and renamed when complete (a failed or killed export leaves no half-written ``path``)."""
     import torch
     sample = torch.rand(1, in_ch, *sample_hw)
     axes = {0: 'batch', 2: 'height', 3: 'width'}
-    torch.onnx.export(net, (sample, ), path, input_names=['input'], output_names=['output'], opset_version=opset,
-                      dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
+    tmp = f'{path}.tmp-{os.getpid()}.onnx'
+    try:
+        torch.onnx.export(net, (sample, ), tmp, input_names=['input'], output_names=['output'], opset_version=opset,
+                          dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -58,7 +69,6 @@ def image_tensor(path, in_ch):
     import numpy as np
     import torch
 
-    from lwsr_plugin.cli.upscale import read_any
     from basicsr.utils.color_util import bgr2ycbcr
     img = read_any(path)
     img = img.astype(np.float32) / np.iinfo(img.dtype).max
@@ -67,22 +77,26 @@ def image_tensor(path, in_ch):
     return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
 
 
-def main(argv=None):
-    from lwsr_plugin.cli.upscale import _parse_kwargs
+def build_parser():
+    """The argument parser of ``lwsr-export`` (imports nothing heavy)."""
     p = argparse.ArgumentParser(prog='lwsr-export', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('-o', '--output', required=True, help='ONNX file to write')
+    p.add_argument('-o', '--output', required=True, help='ONNX file to write (its folder is created)')
     p.add_argument('--arch', help='registered arch')
-    p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE')
-    p.add_argument('--scale', type=int)
+    p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE', help='arch argument, e.g. variant=DRN+')
+    p.add_argument('--scale', type=int, help='model scale (sets network_g.upscale)')
     p.add_argument('--opt', help='BasicSR option file (network_g)')
     p.add_argument('--ckpt', help='checkpoint (BasicSR params/params_ema or official state dict)')
-    p.add_argument('--param-key', default='params_ema')
-    p.add_argument('--opset', type=int, default=17)
+    p.add_argument('--param-key', default='params_ema', help='key in the checkpoint (falls back to params)')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     p.add_argument('--check-image', action='append', help='image(s) for the onnxruntime parity check')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')
     p.add_argument('--tolerance', type=float, default=1e-4, help='max |ORT - PyTorch| accepted (default 1e-4)')
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     import torch
 
     from lwsr_plugin.inference import InferenceError, _in_channels, load_model, network_options
@@ -93,17 +107,18 @@ def main(argv=None):
         print(f'lwsr-export: {err}', file=sys.stderr)
         return 2
     in_ch = _in_channels(net)
-    export_onnx(net, args.output, in_ch, args.opset)
-    print(f'lwsr-export: wrote {args.output} ({type(net).__name__}, input N x {in_ch} x H x W, dynamic H/W)')
-    if args.no_check:
-        return 0
     inputs = []
-    for path in args.check_image or []:
+    for path in [] if args.no_check else args.check_image or []:  # read before exporting: a bad file costs nothing
         try:
             inputs.append(image_tensor(path, in_ch))
         except InferenceError as err:
             print(f'lwsr-export: --check-image {path}: {err}', file=sys.stderr)
             return 2
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    export_onnx(net, args.output, in_ch, args.opset)
+    print(f'lwsr-export: wrote {args.output} ({type(net).__name__}, input N x {in_ch} x H x W, dynamic H/W)')
+    if args.no_check:
+        return 0
     inputs = inputs or [torch.rand(1, in_ch, 64, 64)]
     worst, session = 0., onnx_session(args.output)
     for i, x in enumerate(inputs):

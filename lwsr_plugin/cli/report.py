@@ -8,24 +8,32 @@
   are linear in the output pixel count). Not counted: bias adds, activations, element-wise additions and
   multiplications (residuals, CCA scaling), pooling/statistics (CCA's mean and std), pixel shuffle, mean shift and
   IDN's bicubic skip.
-- **CPU latency**: median of ``--repeats`` forwards (after one warm-up) on a ``--lr-size`` square LR input with
-  ``--threads`` torch threads; **CPU peak memory**: growth of the process' peak resident set during those forwards
-  (each model is measured in a fresh subprocess so the numbers do not mix).
-- **GPU** (when CUDA is present): median latency (synchronised) and ``torch.cuda.max_memory_allocated`` for a
-  1280x720 output.
+- **CPU latency**: every model gets the same ``--lr-size`` square LR input (batch 1, fp32, NCHW, random values;
+  IMDN_AS, which takes the LR already resized to the output size, gets it at ``--lr-size`` x 4), with ``--threads``
+  torch threads; ``--warmup`` untimed forwards, then the median, minimum and interquartile range of the wall-clock
+  time of ``--repeats`` timed forwards, and the median processor time the process used per forward (all threads;
+  robust to other processes' load, which stretches wall-clock times on a shared machine).
+- **CPU peak memory**: the most bytes held at once by tensors allocated during one forward through torch's CPU
+  allocator (activations, temporaries, the output), above what was held before it (weights and input excluded),
+  from the allocation events of ``torch.profiler`` (``profile_memory=True``). Deterministic for a given input
+  size; not included: buffers that oneDNN/MKL allocate themselves, and the interpreter and libraries.
+- **GPU** (when CUDA is present): the same timing (synchronised) and the same peak definition
+  (``torch.cuda.max_memory_allocated`` minus what was allocated before the forward) for a 1280x720 output.
+
+Rows are written as they are measured: ``report.csv`` and ``report.md`` are rewritten (temporary file, then rename)
+after each model, so an interrupted run leaves valid files holding the rows measured so far.
 """
 import argparse
 import csv
-import json
 import os
-import resource
+import platform
 import statistics
-import subprocess
 import sys
 import time
 
 HR_PIXELS_720P = 1280 * 720
 MAC_PROBE = 24  # LR side of the MAC-counting forward; MACs per output pixel do not depend on it
+AS_SCALE = 4  # IMDN_AS is timed on the LR resized x4 (its "scale" is whatever its input was resized to)
 
 # key: (label, network_g options without upscale, scales, paper params per scale, paper MACs (G) at 720p per scale)
 # Paper params: IMDN §4 / Table 3, IDN (IMDN Table 7 compares 553K), s-LWSR Table II. Paper MACs: IMDN Table 7
@@ -33,7 +41,7 @@ MAC_PROBE = 24  # LR side of the MAC-counting forward; MACs per output pixel do 
 MODELS = {
     'IMDN': ('IMDN', {'type': 'IMDN'}, (2, 3, 4), {2: 694e3, 3: 703e3, 4: 715e3},
              {s: k * 1e3 * HR_PIXELS_720P / 1e9 for s, k in ((2, 173), (3, 78), (4, 45))}),
-    'IMDN_AS': ('IMDN_AS (any scale, x4 input size)', {'type': 'IMDN_AS'}, (4, ), {}, {}),
+    'IMDN_AS': ('IMDN_AS (any scale, x4 input size)', {'type': 'IMDN_AS'}, (AS_SCALE, ), {}, {}),
     'IMDN_RTC': ('IMDN_RTC', {'type': 'IMDN_RTC'}, (2, ), {}, {}),
     'IDN': ('IDN (Y)', {'type': 'IDN'}, (2, 3, 4), {2: 553e3, 3: 553e3, 4: 553e3},
             {s: k * 1e3 * HR_PIXELS_720P / 1e9 for s, k in ((2, 175), (3, 75), (4, 51))}),
@@ -45,8 +53,9 @@ MODELS = {
     'sLWSR32C': ('s-LWSR32C', {'type': 'SLWSR', 'variant': 'slwsr32c'}, (4, ), {4: 124e3}, {}),
 }
 
-FIELDS = ['model', 'scale', 'params', 'paper_params', 'macs_720p_G', 'paper_macs_720p_G', 'cpu_ms', 'cpu_peak_MB',
-          'gpu_ms_720p', 'gpu_peak_MB_720p']
+FIELDS = ['model', 'key', 'scale', 'params', 'paper_params', 'macs_720p_G', 'paper_macs_720p_G', 'cpu_ms',
+          'cpu_ms_min', 'cpu_ms_p25', 'cpu_ms_p75', 'cpu_time_ms', 'cpu_peak_MB', 'gpu_ms_720p', 'gpu_ms_720p_min',
+          'gpu_ms_720p_p25', 'gpu_ms_720p_p75', 'gpu_peak_MB_720p']
 
 
 def build(key, scale):
@@ -86,80 +95,193 @@ def count_macs(net, lr_shape):
     return total[0], out
 
 
-def _rss_mb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-def _timed(fn, repeats, sync=lambda: None):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
+def time_forwards(fn, warmup, repeats, sync=None):
+    """Wall-clock ``{'median', 'min', 'p25', 'p75'}`` in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed
+    ones, and ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads."""
+    for _ in range(warmup):  # first calls at a new size build oneDNN primitives and grow the allocator's pools
         fn()
-        sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - start) * 1e3)
+        cpu_times.append((time.process_time() - cpu_start) * 1e3)
+    if len(times) > 1:
+        p25, median, p75 = statistics.quantiles(times, n=4, method='inclusive')
+    else:
+        p25 = median = p75 = times[0]
+    return {'median': median, 'min': min(times), 'p25': p25, 'p75': p75, 'cpu_time': statistics.median(cpu_times)}
 
 
-def measure(key, scale, lr_size, repeats, threads):
-    """One row of the report for ``MODELS[key]`` at ``scale`` (run in a fresh process by ``main``)."""
+class _StderrFdSilenced:
+    """Sends file descriptor 2 to /dev/null for the duration of a ``with`` block."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+def cpu_peak_bytes(fn):
+    """Peak bytes held by tensors allocated through torch's CPU allocator while ``fn()`` runs, above what was held
+    when it started (so tensors that existed before, such as weights and input, do not count; the output does)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    # kineto prints its own start/stop lines straight to fd 2 (not through Python, whatever KINETO_LOG_LEVEL says)
+    with _StderrFdSilenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation:
+            events.append(event)
+    if not events:
+        raise RuntimeError('torch.profiler recorded no CPU allocation during the forward; cannot measure peak memory.')
+    events.sort(key=lambda e: e.start_time_ns)
+    live, held, peak = set(), 0, 0
+    for event in events:
+        size, ptr = event.extra_fields.alloc_size, event.extra_fields.ptr
+        if size > 0:
+            live.add(ptr)
+            held += size
+        elif ptr in live:  # frees of tensors allocated before fn() started are not ours to subtract
+            live.discard(ptr)
+            held += size
+        peak = max(peak, held)
+    return peak
+
+
+def measure(key, scale, lr_size, warmup, repeats, gpu=False):
+    """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions)."""
     import torch
 
     from lwsr_plugin.archs.blocks import count_parameters
-    torch.set_num_threads(threads)
     net = build(key, scale)
     in_ch = 1 if MODELS[key][1]['type'] == 'IDN' else 3
-    lr = MAC_PROBE * scale if key == 'IMDN_AS' else MAC_PROBE  # IMDN_AS takes the image at its output size
-    macs, out = count_macs(net, (1, in_ch, lr, lr))
-    row = {'model': MODELS[key][0], 'scale': scale, 'params': count_parameters(net),
+    probe = MAC_PROBE * scale if key == 'IMDN_AS' else MAC_PROBE  # IMDN_AS takes the image at its output size
+    macs, out = count_macs(net, (1, in_ch, probe, probe))
+    row = {'model': MODELS[key][0], 'key': key, 'scale': scale, 'params': count_parameters(net),
            'paper_params': MODELS[key][3].get(scale), 'macs_720p_G': macs / out[0, 0].numel() * HR_PIXELS_720P / 1e9,
            'paper_macs_720p_G': MODELS[key][4].get(scale)}
+    del out
     side = lr_size * scale if key == 'IMDN_AS' else lr_size
-    x = torch.rand(1, in_ch, side, side)
-    base = _rss_mb()
-    with torch.no_grad():
-        row['cpu_ms'] = _timed(lambda: net(x), repeats)
-    row['cpu_peak_MB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    if torch.cuda.is_available():
+    x = torch.rand(1, in_ch, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        t = time_forwards(lambda: net(x), warmup, repeats)
+        row['cpu_peak_MB'] = cpu_peak_bytes(lambda: net(x)) / 2**20
+    row.update(cpu_ms=t['median'], cpu_ms_min=t['min'], cpu_ms_p25=t['p25'], cpu_ms_p75=t['p75'],
+               cpu_time_ms=t['cpu_time'])
+    if gpu:
         net = net.cuda()
         h, w = (720, 1280) if key == 'IMDN_AS' else (-(-720 // scale), -(-1280 // scale))
         x = torch.rand(1, in_ch, h, w, device='cuda')
-        torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            row['gpu_ms_720p'] = _timed(lambda: net(x), max(repeats, 5), torch.cuda.synchronize)
-        row['gpu_peak_MB_720p'] = torch.cuda.max_memory_allocated() / 2**20
+        with torch.inference_mode():
+            t = time_forwards(lambda: net(x), warmup, repeats, torch.cuda.synchronize)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            net(x)
+            torch.cuda.synchronize()
+            row['gpu_peak_MB_720p'] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        row.update(gpu_ms_720p=t['median'], gpu_ms_720p_min=t['min'], gpu_ms_720p_p25=t['p25'],
+                   gpu_ms_720p_p75=t['p75'])
+        net.cpu()
+        torch.cuda.empty_cache()
     return row
 
 
-def _fmt(value, kind):
+def _fmt(value, kind='g'):
     if value is None or value == '':
         return '-'
     if kind == 'params':
         return f'{value / 1e3:,.1f}K' if value < 1e6 else f'{value / 1e6:.2f}M'
-    return f'{value:,.1f}'
+    return f'{value:,.2f}' if kind == 'mb' else f'{value:,.1f}'
 
 
-def markdown(rows, lr_size, repeats, threads):
-    """The report as a Markdown table with a note of the machine and the measurement settings."""
-    import platform
+def _iqr(row, prefix):
+    if row.get(f'{prefix}_p25') is None:
+        return '-'
+    return f"{_fmt(row[f'{prefix}_p25'])}-{_fmt(row[f'{prefix}_p75'])}"
 
-    import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
+
+def header(settings):
+    """The report's heading lines: machine, torch, threads, and what every column measures."""
+    s = settings
+    as_side = s['lr_size'] * AS_SCALE
     lines = [
-        f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, torch '
-        f'{torch.__version__}, {threads} torch threads; GPU: {gpu}.',
-        f'CPU latency: median of {repeats} forwards on a {lr_size}x{lr_size} LR input (output {lr_size}*scale '
-        'square); MACs: Conv2d + ConvTranspose2d only, for a 1280x720 output.', '',
-        '| model | scale | params | paper params | MACs 720p (G) | paper MACs (G) | CPU ms | CPU peak MB | GPU ms 720p '
-        '| GPU peak MB 720p |', '|' + '---|' * 10]
+        f"Machine: {platform.processor() or platform.machine()}, {s['cores']} CPU cores visible, torch "
+        f"{s['torch']}; torch CPU threads: {s['threads']} (fixed with torch.set_num_threads); GPU: {s['gpu']}.",
+        f"Input: the same {s['lr_size']}x{s['lr_size']} LR image for every model (batch 1, fp32, NCHW; 3 channels, IDN"
+        f" 1 (Y); output {s['lr_size']}*scale square; IMDN_AS takes the LR resized to its output size, "
+        f"{as_side}x{as_side}).",
+        f"CPU ms: median wall-clock time of {s['repeats']} timed forwards after {s['warmup']} warm-up forwards "
+        '(torch.inference_mode); IQR: 25th-75th percentile of those forwards. CPU time ms: median processor time the '
+        'process used per forward (all its threads): other processes\' load barely changes it; at 1 thread on an idle '
+        'machine it equals CPU ms.',
+        'CPU peak MB: the most memory held at once by tensors allocated during one forward through torch\'s CPU '
+        'allocator (activations, temporaries, output), above what was held before it (weights and input excluded); '
+        'from torch.profiler allocation events (profile_memory=True); not included: oneDNN/MKL internal buffers.',
+        'MACs: Conv2d + ConvTranspose2d only, for a 1280x720 output.']
+    if s['gpu'] != 'none':
+        lines.append('GPU: the same timing (synchronised) and peak definition (torch.cuda.max_memory_allocated minus '
+                     'the memory allocated before the forward) for a 1280x720 output.')
+    return lines
+
+
+def markdown(rows, settings, footer=''):
+    """The report as Markdown: ``header(settings)``, one table row per measured model, then ``footer``."""
+    lines = header(settings) + [
+        '', '| model | scale | params | paper params | MACs 720p (G) | paper MACs (G) | CPU ms | CPU ms IQR '
+        '| CPU time ms | CPU peak MB | GPU ms 720p | GPU ms IQR | GPU peak MB 720p |', '|' + '---|' * 13]
     for r in rows:
         lines.append('| ' + ' | '.join([
             r['model'], f"x{r['scale']}", _fmt(r['params'], 'params'), _fmt(r['paper_params'], 'params'),
-            _fmt(r['macs_720p_G'], 'g'), _fmt(r['paper_macs_720p_G'], 'g'), _fmt(r['cpu_ms'], 'g'),
-            _fmt(r['cpu_peak_MB'], 'g'), _fmt(r.get('gpu_ms_720p'), 'g'), _fmt(r.get('gpu_peak_MB_720p'), 'g')]) + ' |')
-    return '\n'.join(lines) + '\n'
+            _fmt(r['macs_720p_G']), _fmt(r['paper_macs_720p_G']), _fmt(r['cpu_ms']), _iqr(r, 'cpu_ms'),
+            _fmt(r.get('cpu_time_ms')), _fmt(r['cpu_peak_MB'], 'mb'), _fmt(r.get('gpu_ms_720p')),
+            _iqr(r, 'gpu_ms_720p'), _fmt(r.get('gpu_peak_MB_720p'), 'mb')]) + ' |')
+    return '\n'.join(lines) + '\n' + (f'\n{footer}\n' if footer else '')
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` under a temporary name and rename it when complete: a reader (or a killed run)
+    sees the old file or the new one, never half of one."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def csv_text(rows):
+    """The rows as CSV text with the ``FIELDS`` header (empty cells for values that do not apply)."""
+    import io
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, FIELDS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows({k: _csv_value(r.get(k)) for k in FIELDS} for r in rows)
+    return buf.getvalue()
+
+
+def _csv_value(value):
+    if isinstance(value, float):  # 4 decimals are below any timing's or memory figure's precision
+        value = round(value, 4)
+        return int(value) if value.is_integer() else value
+    return value
 
 
 def plot_results(results_csv, out_png, title='PSNR vs. parameters'):
@@ -172,72 +294,141 @@ def plot_results(results_csv, out_png, title='PSNR vs. parameters'):
         rows = [r for r in csv.DictReader(f)]
     if not rows:
         raise ValueError(f'{results_csv}: no rows (expected columns name, params, psnr).')
+    missing = {'name', 'params', 'psnr'} - set(rows[0])
+    if missing:
+        raise ValueError(f'{results_csv}: no column {", ".join(sorted(missing))}; give a CSV with the header '
+                         'name,params,psnr.')
+    try:
+        points = [(r['name'], float(r['params']) / 1e3, float(r['psnr'])) for r in rows]
+    except (TypeError, ValueError):
+        raise ValueError(f'{results_csv}: params and psnr must be numbers on every row (e.g. IMDN,715176,32.21).'
+                         ) from None
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for r in rows:
-        x, y = float(r['params']) / 1e3, float(r['psnr'])
+    for name, x, y in points:
         ax.scatter(x, y, s=36)
-        ax.annotate(r['name'], (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
     ax.set_xscale('log')
     ax.set_xlabel('parameters (K)')
     ax.set_ylabel('PSNR (dB)')
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
+    tmp = f'{out_png}.tmp-{os.getpid()}.png'
+    try:
+        fig.savefig(tmp, format='png')
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out_png
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='results/model_report', help='folder for report.md and report.csv')
-    parser.add_argument('--models', default=','.join(MODELS), help=f'comma-separated subset of {",".join(MODELS)}')
-    parser.add_argument('--scales', default='2,3,4', help='comma-separated scales')
-    parser.add_argument('--lr-size', type=int, default=32, help='LR side of the CPU latency input')
-    parser.add_argument('--repeats', type=int, default=3, help='timed forwards per model (median)')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
-    parser.add_argument('--plot', metavar='RESULTS_CSV', help='only draw PSNR vs params from a CSV (name,params,psnr)')
-    parser.add_argument('--plot-out', default=None, help='PNG path for --plot (default: <out>/psnr_vs_params.png)')
-    parser.add_argument('--one', help=argparse.SUPPRESS)  # internal: KEY:SCALE, measured in this process
-    args = parser.parse_args(argv)
+def build_parser():
+    """The argument parser of ``lwsr-report`` (imports nothing heavy)."""
+    p = argparse.ArgumentParser(prog='lwsr-report', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default='results/model_report', help='folder for report.md and report.csv')
+    p.add_argument('--models', default=','.join(MODELS), help=f'comma-separated subset of {",".join(MODELS)}')
+    p.add_argument('--scales', default='2,3,4', help='comma-separated subset of 2,3,4 (IMDN_AS is measured at x4)')
+    p.add_argument('--lr-size', type=int, default=32, help='side of the square LR input of the CPU timing (default 32)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed forwards before timing (default 3)')
+    p.add_argument('--repeats', type=int, default=15, help='timed forwards per model; median and IQR (default 15)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch CPU threads (default 1: on a shared machine more threads wait for each other and '
+                        'timings swing by 10-100x; use the core count on an idle machine)')
+    p.add_argument('--no-gpu', action='store_true', help='skip the GPU columns even when CUDA is available')
+    p.add_argument('--plot', metavar='RESULTS_CSV', help='only draw PSNR vs params from a CSV (name,params,psnr)')
+    p.add_argument('--plot-out', default=None, help='PNG path for --plot (default: <out>/psnr_vs_params.png)')
+    return p
 
-    if args.one:
-        key, scale = args.one.rsplit(':', 1)
-        print(json.dumps(measure(key, int(scale), args.lr_size, args.repeats, args.threads)))
-        return
-    os.makedirs(args.out, exist_ok=True)
-    if args.plot:
-        png = plot_results(args.plot, args.plot_out or os.path.join(args.out, 'psnr_vs_params.png'))
-        print(f'wrote {png}')
-        return
 
-    from tqdm import tqdm
-    keys = [k for k in args.models.split(',') if k]
+def _jobs(parser, args):
+    """[(key, scale)] selected by ``--models`` / ``--scales``; a bad value ends with one line naming the option."""
+    keys = [k.strip() for k in args.models.split(',') if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
-    if unknown:
-        parser.error(f'unknown models {unknown}; choose from {list(MODELS)}')
-    scales = {int(s) for s in args.scales.split(',')}
+    if unknown or not keys:
+        parser.error(f'--models {args.models!r}: unknown {", ".join(unknown) or "(empty list)"}; give a '
+                     f'comma-separated subset of {",".join(MODELS)}.')
+    try:
+        scales = {int(s) for s in args.scales.split(',') if s.strip()}
+    except ValueError:
+        scales = set()
+    if not scales or not scales <= {2, 3, 4}:
+        parser.error(f'--scales {args.scales!r}: give a comma-separated subset of 2,3,4.')
+    for name, least in (('lr_size', 4), ('warmup', 0), ('repeats', 1), ('threads', 1)):
+        if getattr(args, name) < least:
+            parser.error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be at least {least}.')
     jobs = [(k, s) for k in keys for s in MODELS[k][2] if s in scales]
-    rows = []
-    start = time.time()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    for key, scale in tqdm(jobs, desc='lwsr-report', unit='model'):
-        cmd = [sys.executable, '-m', 'lwsr_plugin.cli.report', '--one', f'{key}:{scale}', '--lr-size',
-               str(args.lr_size), '--repeats', str(args.repeats), '--threads', str(args.threads)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        if proc.returncode:
-            raise SystemExit(f'{key} x{scale} failed:\n{proc.stderr[-3000:]}')
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    with open(os.path.join(args.out, 'report.csv'), 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows({k: r.get(k) for k in FIELDS} for r in rows)
-    md = markdown(rows, args.lr_size, args.repeats, args.threads)
-    md += f'\nGenerated by `lwsr-report` in {time.time() - start:.0f} s.\n'
-    with open(os.path.join(args.out, 'report.md'), 'w', encoding='utf-8') as f:
-        f.write(md)
-    print(md)
+    if not jobs:
+        parser.error(f'--models {args.models} has no variant at --scales {args.scales} (IMDN_AS and sLWSR32C: x4 '
+                     'only, IMDN_RTC: x2 only); add a scale or a model.')
+    return jobs
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot:
+        if not os.path.isfile(args.plot):
+            parser.error(f'--plot {args.plot}: no such file; give a CSV with the columns name,params,psnr.')
+        png = args.plot_out or os.path.join(args.out, 'psnr_vs_params.png')
+        os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+        try:
+            plot_results(args.plot, png)
+        except ValueError as err:
+            print(f'lwsr-report: --plot {err}', file=sys.stderr)
+            return 2
+        print(f'wrote {png}')
+        return 0
+    jobs = _jobs(parser, args)
+    os.makedirs(args.out, exist_ok=True)
+
+    import torch
+    from tqdm import tqdm
+    torch.set_num_threads(args.threads)
+    gpu = torch.cuda.is_available() and not args.no_gpu
+    settings = {'lr_size': args.lr_size, 'warmup': args.warmup, 'repeats': args.repeats, 'threads': args.threads,
+                'cores': os.cpu_count(), 'torch': torch.__version__,
+                'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
+    csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')
+    rows, failures, start = [], [], time.time()
+
+    def save(footer):
+        # Markdown first: whoever sees a row in the CSV (a test polling it, a user) finds it in the Markdown too
+        write_atomic(md_path, markdown(rows, settings, footer))
+        write_atomic(csv_path, csv_text(rows))
+
+    save(f'Partial: 0 of {len(jobs)} models measured so far.')
+    bar = tqdm(jobs, desc='lwsr-report', unit='model', file=sys.stderr)
+    try:
+        for key, scale in bar:
+            bar.set_postfix_str(f'{key} x{scale}')
+            try:
+                row = measure(key, scale, args.lr_size, args.warmup, args.repeats, gpu)
+            except Exception as err:  # one model failing (e.g. out of memory) must not cost the others' rows
+                failures.append(f'{key} x{scale}: {type(err).__name__}: {err}')
+                tqdm.write(f'lwsr-report: {failures[-1]}; skipped.', file=sys.stderr)
+                continue
+            rows.append(row)
+            tqdm.write(f"{row['model']} x{scale}: {_fmt(row['params'], 'params')} params, CPU {row['cpu_ms']:.1f} ms "
+                       f"(IQR {_iqr(row, 'cpu_ms')}; CPU time {row['cpu_time_ms']:.1f} ms), peak "
+                       f"{row['cpu_peak_MB']:.2f} MB", file=sys.stderr)
+            save(f'Partial: {len(rows)} of {len(jobs)} models measured so far.')
+    except KeyboardInterrupt:
+        bar.close()
+        print(f'lwsr-report: interrupted; {md_path} and {csv_path} hold the {len(rows)} rows measured so far.',
+              file=sys.stderr)
+        return 130
+    bar.close()
+    footer = f'Generated by `lwsr-report` in {time.time() - start:.0f} s.'
+    if failures:
+        footer += ' Failed: ' + '; '.join(failures) + '.'
+    save(footer)
+    print(markdown(rows, settings, footer))
+    print(f'wrote {md_path} and {csv_path}')
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from lwsr_plugin.data.images import IMG_EXTS
+# Module-level imports stay light (no torch, cv2, numpy, BasicSR): `lwsr-upscale --help` and argument errors answer
+# at once; the heavy ones are imported by the functions that use them.
 
 
 def _parse_kwargs(items):
@@ -49,9 +50,12 @@ def read_any(path):
     import cv2
     import numpy as np
 
+    from lwsr_plugin.data.images import IMG_EXTS
     from lwsr_plugin.inference import InferenceError
     if not path.lower().endswith(IMG_EXTS):
         raise InferenceError(f'unsupported format (expected one of {", ".join(IMG_EXTS)})')
+    if not os.path.isfile(path):
+        raise InferenceError('no such file')
     if os.path.getsize(path) == 0:
         raise InferenceError('empty file (0 bytes)')
     try:
@@ -69,10 +73,11 @@ def read_any(path):
     return img
 
 
-def write_png(path, img):
-    """PNG under a temporary name, renamed when complete (no half-written output under the final name)."""
+def write_image(path, img):
+    """``img`` written to ``path`` in the format its extension names (cv2), under a temporary name with the same
+    extension, renamed when complete (no half-written output under the final name)."""
     import cv2
-    tmp = f'{path}.tmp-{os.getpid()}.png'
+    tmp = f'{path}.tmp-{os.getpid()}{os.path.splitext(path)[1] or ".png"}'
     try:
         if not cv2.imwrite(tmp, img):
             raise OSError(f'cannot write {path}')
@@ -83,6 +88,7 @@ def write_png(path, img):
 
 
 def build_parser():
+    """The argument parser of ``lwsr-upscale`` (imports nothing heavy)."""
     p = argparse.ArgumentParser(prog='lwsr-upscale', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('inputs', nargs='+', help='image files and/or folders')
@@ -152,7 +158,7 @@ def main(argv=None):
             if os.path.exists(target) and not args.overwrite:
                 raise InferenceError(f'{target} exists; pass --overwrite to replace it')
             img = read_any(path)
-            write_png(target, up.upscale(img, args.outscale))
+            write_image(target, up.upscale(img, args.outscale))
             done += 1
         except (InferenceError, OSError, RuntimeError) as err:
             failures.append(f'{path}: {err}')
