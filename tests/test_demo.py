@@ -3,7 +3,6 @@ is given, and beats bicubic."""
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
