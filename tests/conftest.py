@@ -1,7 +1,11 @@
 """Shared test fixtures: the real data in ../shared (datasets, papers' reference checkpoints)."""
 import os
 
-import pytest
+# One torch/OpenMP thread per process, here and in every command a test starts: on a machine loaded by other jobs two
+# threads spin-wait on each other and a step takes 10-30x longer (measured), while one thread costs ~1.5x when idle.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get('LWSR_SHARED', os.path.join(os.path.dirname(REPO), 'shared'))
