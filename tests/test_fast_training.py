@@ -189,3 +189,26 @@ def test_compile_trains_and_saves_plain_keys(tmp_path, datasets_dir):
     params = torch.load(os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_3.pth'),
                         weights_only=True)['params']
     assert not any('_orig_mod' in k for k in params) and 'IMDB1.c1.weight' in params
+
+
+def test_shipped_train_options_use_the_fast_settings():
+    """Every options/train_*.yml trains through a plugin model with amp: auto + channels_last, which resolve on this
+    machine to what it runs natively; DIV2K/BSD200 recipes read their data through InMemoryPairedImageDataset."""
+    import yaml
+
+    import lwsr_plugin  # noqa: F401
+    from basicsr.utils.registry import MODEL_REGISTRY
+    from conftest import REPO
+    from lwsr_plugin.models.fast_training import bf16_native
+    from lwsr_plugin.models.lwsr_model import LWSRModel
+    files = sorted(glob.glob(os.path.join(REPO, 'options', 'train_*.yml')))
+    assert len(files) >= 15
+    for path in files:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+        assert issubclass(MODEL_REGISTRY.get(opt['model_type']), LWSRModel), path
+        assert opt['train']['amp'] == 'auto' and opt['train']['channels_last'] is True, path
+        options, save_format = LWSRModel.parse_options(dict(opt, num_gpu=0))
+        assert options.amp == ('bf16' if bf16_native(torch.device('cpu')) else False) and save_format == 'pth'
+        train_type = opt['datasets']['train']['type']
+        assert train_type == ('PairedGrayImageDataset' if 'IDN' in path else 'InMemoryPairedImageDataset'), path

@@ -78,10 +78,18 @@ class LWSRModel(SRModel):
         get_root_logger().info(f'Training options: {options.describe()}.')
 
     def feed_data(self, data):
+        if 'index' in data and 'lq' not in data:  # InMemoryPairedImageDataset with on_device: the batch is cut here
+            data = self._device_batches()(data['index'])
         prepare = self.train_options.prepare_batch
         self.lq = prepare(data['lq'].to(self.device, non_blocking=True))
         if 'gt' in data:
             self.gt = prepare(data['gt'].to(self.device, non_blocking=True))
+
+    def _device_batches(self):
+        if getattr(self, '_device_cutter', None) is None:
+            from lwsr_plugin.data.device_batches import DeviceBatches
+            self._device_cutter = DeviceBatches(self.opt['datasets']['train'], self.device)
+        return self._device_cutter
 
     def compute_losses(self, output, gt):
         """SRModel's pixel + perceptual losses, in fp32. Returns ``(total, OrderedDict of the parts)``."""
