@@ -10,7 +10,10 @@ bit-identical tensors (it makes the same ``random`` calls in the same order). Ex
 
 * ``cache_dir``: folder of the cache file (default: the folder that holds ``dataroot_gt``);
 * ``max_memory``: refuse, before decoding, a decoded set larger than this (bytes or ``'8GB'``, ``'500MiB'``, ...);
-* ``decode_threads``: threads that decode while the cache is built (default: up to 8).
+* ``decode_threads``: threads that decode while the cache is built (default: up to 8);
+* ``on_device`` (train phase only, default false): ``__getitem__`` returns only ``{'index': index}`` and the model
+  (``LWSRModel`` and the plugin models derived from it) cuts the batch itself from a copy of the whole set on its
+  device, see :mod:`lwsr_plugin.data.device_batches`; ``seed`` then seeds those draws.
 
 Cache file ``<gt>__<lq>.<source>.<fingerprint>.lwsrcache`` (the fingerprint covers paths, sizes, mtimes,
 ``meta_info`` contents and the decode mode, so a changed dataset gets a new file; older caches of the same source are
@@ -175,8 +178,8 @@ class InMemoryPairedImageDataset(data.Dataset):
     Args:
         opt (dict): ``PairedImageDataset``'s options (``dataroot_gt``, ``dataroot_lq``, ``io_backend`` ``lmdb`` or
             ``disk``, ``meta_info_file``, ``filename_tmpl``, ``gt_size``, ``use_hflip``, ``use_rot``, ``color``,
-            ``mean``, ``std``, ``phase``, ``scale``) plus ``cache_dir``, ``max_memory`` and ``decode_threads`` (see
-            the module docstring).
+            ``mean``, ``std``, ``phase``, ``scale``) plus ``cache_dir``, ``max_memory``, ``decode_threads``,
+            ``on_device`` and ``seed`` (see the module docstring).
 
     Attributes:
         paths: as ``PairedImageDataset.paths``.
@@ -200,6 +203,7 @@ class InMemoryPairedImageDataset(data.Dataset):
         self.backend = (opt['io_backend'] or {}).get('type')
         self.scale = opt['scale']
         self.train = opt['phase'] == 'train'
+        self.on_device = opt.get('on_device', False)
         self._check_options()
         self.paths = self._paired_paths()
         if not self.paths:
@@ -253,10 +257,26 @@ class InMemoryPairedImageDataset(data.Dataset):
             self.max_memory = parse_size(opt['max_memory'])
         else:
             self.max_memory = None
+        self._check_on_device()
         threads = opt.get('decode_threads', min(8, os.cpu_count() or 1))
         if not isinstance(threads, int) or threads < 1:
             raise self._error(f'decode_threads {threads!r} is not a positive integer.')
         self.decode_threads = threads
+
+    def _check_on_device(self):
+        opt = self.opt
+        if not isinstance(self.on_device, bool):
+            raise self._error(f'on_device: {self.on_device!r} is not true or false; write on_device: true to cut the '
+                              'training batches on the model\'s device, or leave it out.')
+        if self.on_device and not self.train:
+            raise self._error(f'on_device: true works in the train phase only (this is phase {opt["phase"]!r}); '
+                              'remove it from this dataset (validation reads whole images through the DataLoader).')
+        if 'seed' in opt and (not isinstance(opt['seed'], int) or isinstance(opt['seed'], bool) or opt['seed'] < 0):
+            raise self._error(f'seed: {opt["seed"]!r} is not a non-negative integer; fix it or leave it out (the '
+                              'draws are then seeded from BasicSR\'s manual_seed).')
+        if 'seed' in opt and not self.on_device:
+            raise self._error('seed is read with on_device: true only (the DataLoader path is seeded by BasicSR\'s '
+                              'manual_seed); remove it or set on_device: true.')
 
     def _paired_paths(self):
         """BasicSR's own pairing (same modes, keys and order as ``PairedImageDataset``); its failures become one
@@ -532,15 +552,26 @@ class InMemoryPairedImageDataset(data.Dataset):
         state['_holder'] = None  # the constructing process holds the file for its workers
         return state
 
-    def _image(self, index, which):
-        """Read-only uint8 HWC BGR view of image ``which`` (GT or LQ) of pair ``index``."""
+    def cache_data(self):
+        """``(buffer, index)``: every decoded image of the set as one flat read-only uint8 array (the mapped data
+        of the cache file; images are HWC BGR, one after the other) and a copy of the ``(n, 2, 4)`` int64 index of
+        ``(offset, h, w, c)`` into it, GT at ``[:, GT]`` and LQ at ``[:, LQ]``. What ``DeviceBatches`` copies to a
+        device."""
         if self._buffer is None:
             self._buffer = np.memmap(self.cache_path, dtype=np.uint8, mode='r', offset=self._data_offset,
                                      shape=(self._data_nbytes,)).view(np.ndarray)
+        return self._buffer, self._index.copy()
+
+    def _image(self, index, which):
+        """Read-only uint8 HWC BGR view of image ``which`` (GT or LQ) of pair ``index``."""
+        buffer = self._buffer if self._buffer is not None else self.cache_data()[0]
         offset, h, w, c = (int(v) for v in self._index[index, which])
-        return self._buffer[offset:offset + h * w * c].reshape(h, w, c)
+        return buffer[offset:offset + h * w * c].reshape(h, w, c)
 
     def __getitem__(self, index):
+        if self.on_device:
+            # the model cuts the patch from its device copy of the set (DeviceBatches): nothing to read here
+            return {'index': index}
         scale = self.scale
         gt_path, lq_path = self.paths[index]['gt_path'], self.paths[index]['lq_path']
         img_gt, img_lq = self._image(index, GT), self._image(index, LQ)
