@@ -212,3 +212,23 @@ def test_shipped_train_options_use_the_fast_settings():
         assert options.amp == ('bf16' if bf16_native(torch.device('cpu')) else False) and save_format == 'pth'
         train_type = opt['datasets']['train']['type']
         assert train_type == ('PairedGrayImageDataset' if 'IDN' in path else 'InMemoryPairedImageDataset'), path
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_in_memory_dataset_fast_options(tmp_path, datasets_dir):
+    """2-process gloo torchrun: LWSRModel with bf16 + channels_last, InMemoryPairedImageDataset read by a spawned
+    worker per rank; one cache file serves both ranks."""
+    from _utils import free_port
+    work = link_datasets(tmp_path, datasets_dir)
+    opt = write_options(tmp_path / 'opt.yml', **dict(FAST, **{
+        'datasets.train.type': 'InMemoryPairedImageDataset', 'datasets.train.cache_dir': str(tmp_path / 'cache'),
+        'datasets.train.num_worker_per_gpu': 1, 'train.total_iter': 4, 'val.val_freq': 4,
+        'logger.save_checkpoint_freq': 4}))
+    cmd = [PY, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+           '-m', 'lwsr_plugin.train', '-opt', opt, '--launcher', 'pytorch']
+    out = run(cmd, cwd=work, timeout=480, env={'OMP_NUM_THREADS': '1'}).stdout
+    assert 'World size (gpu number): 2' in out and re.search(r'iter:\s+4, lr', out) and '# psnr:' in out, out[-3000:]
+    assert len(glob.glob(str(tmp_path / 'cache' / '*.lwsrcache'))) == 1
+    params = torch.load(os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_4.pth'),
+                        weights_only=True)['params']
+    assert all(torch.isfinite(v).all() for v in params.values())

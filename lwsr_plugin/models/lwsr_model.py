@@ -75,6 +75,8 @@ class LWSRModel(SRModel):
             self._train_forward = options.training_forward(self.net_g)
         except TrainingOptionError as err:
             raise SystemExit(f'lwsr_plugin: {err}') from None
+        if ((self.opt.get('datasets') or {}).get('train') or {}).get('on_device'):
+            self._device_batches()  # the set goes to the device now: a memory problem shows before iteration 1
         get_root_logger().info(f'Training options: {options.describe()}.')
 
     def feed_data(self, data):
