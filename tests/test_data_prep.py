@@ -24,7 +24,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from conftest import REPO
 
 from lwsr_plugin.data import benchmark, check_lmdb, div2k, lmdb_io, set291
-from lwsr_plugin.data.images import crop_positions, mod_crop
+from lwsr_plugin.data.images import DataPrepError, crop_positions, image_size, mod_crop
 from lwsr_plugin.data.lmdb_io import read_meta_info
 from lwsr_plugin.data.resize import bicubic_downscale
 
@@ -377,11 +377,14 @@ def test_bad_inputs_give_one_clear_line(tmp_path, datasets_dir, capsys, div2k_ro
     assert one_error_line(capsys) == \
         f'error: {dup / "t1.png"}: duplicate base name "t1" (also {junk / "t1.png"}); LMDB keys would collide'
 
-    # DIV2K: HR smaller than the crop (BSD images are 321 high; default crop 480)
+    # DIV2K: HR smaller than the crop (BSD images are 321 high; default crop 480): all listed, with the fixes
     assert div2k.main(['--root', str(div2k_root), '--out', out, '--splits', 'train', '--workers', '1']) == 2
-    line = one_error_line(capsys)
-    assert line.startswith(f'error: {div2k_root / "DIV2K_train_HR" / "0001.png"}: HR ')
-    assert line.endswith('(after mod-crop by 12) is smaller than the crop size 480')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ('error: 3 of 3 images are too small for the 480x480 crop (--crop-size) of DIV2K train; '
+                      'nothing was written:')
+    assert err[1] == f'  {div2k_root / "DIV2K_train_HR" / "0001.png"}: 481x321, needs both sides >= 480'
+    assert err[-1] == 'fix: pass --skip-small to leave them out, or --crop-size 312 or less (a multiple of 12) to ' \
+                      'keep them all'
     # DIV2K: given LR whose size is not HR/scale
     bad_lr = div2k_root / 'DIV2K_train_LR_bicubic' / 'X2' / '0002x2.png'
     cv2.imwrite(str(bad_lr), np.zeros((100, 100, 3), np.uint8))
@@ -450,3 +453,296 @@ def test_check_lmdb_reports_problems(tmp_path, small_src, capsys):
     report = capsys.readouterr().out
     assert f'key "{key0}" of the HR LMDB is missing' in report
     assert 'meta_info.txt says (9' in report and 'does not decode' in report and 'stored but not in' in report
+
+
+# ------------------------------------------------------------------------ up-front size checks, -opt, light start-up
+def tmp_leftovers(folder):
+    """Temporary outputs (``*.tmp-<pid>`` / ``*.old-<pid>``) anywhere under ``folder``."""
+    return [os.path.join(d, n) for d, dirs, files in os.walk(folder) for n in dirs + files
+            if '.tmp-' in n or '.old-' in n]
+
+
+def test_image_size_reads_headers_like_opencv(tmp_path, datasets_dir):
+    """Header sizes equal OpenCV's decoded sizes on the real sets and on the other formats (JPEG baseline and
+    progressive, EXIF-rotated JPEG/PNG/WebP, BMP, PPM, TIFF, grey and 16-bit PNG) made from a real photo."""
+    from PIL import Image
+    paths = [os.path.join(datasets_dir, name, 'HR', f) for name in ('Set5', 'Set14', 'Urban100', 'BSD100')
+             for f in sorted(os.listdir(os.path.join(datasets_dir, name, 'HR')))[:20]]
+    paths += [os.path.join(datasets_dir, 'T91', f) for f in sorted(os.listdir(os.path.join(datasets_dir, 'T91')))]
+    lr = os.path.join(datasets_dir, 'Set14', 'LR_bicubic', 'X3')
+    paths += [os.path.join(lr, f) for f in sorted(os.listdir(lr))]
+    woman = os.path.join(datasets_dir, 'Set5', 'HR', 'woman.png')  # 228x344: the swap of a rotation shows
+    bgr = cv2.imread(woman)
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # "rotate 90 CW": OpenCV swaps the sides
+    made = {'base.jpg': lambda p: cv2.imwrite(p, bgr),
+            'prog.jpg': lambda p: Image.open(woman).convert('RGB').save(p, 'JPEG', progressive=True),
+            'exif.jpg': lambda p: Image.open(woman).convert('RGB').save(p, 'JPEG', exif=rotated.tobytes()),
+            'exif.png': lambda p: Image.open(woman).convert('RGB').save(p, 'PNG', exif=rotated.tobytes()),
+            'exif.webp': lambda p: Image.open(woman).convert('RGB').save(p, 'WEBP', exif=rotated.tobytes()),
+            'img.bmp': lambda p: cv2.imwrite(p, bgr), 'img.ppm': lambda p: cv2.imwrite(p, bgr),
+            'img.tif': lambda p: cv2.imwrite(p, bgr), 'grey.png': lambda p: cv2.imwrite(p, bgr[..., 0]),
+            'deep.png': lambda p: cv2.imwrite(p, bgr.astype(np.uint16) * 257)}
+    for name, write in made.items():
+        write(str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    for path in paths:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        assert image_size(path) == (img.shape[1], img.shape[0]), path
+    assert image_size(str(tmp_path / 'exif.jpg')) == (344, 228)
+    # PNG and JPEG headers are read without OpenCV, NumPy or Pillow
+    code = ('import sys; from lwsr_plugin.data.images import scan_sizes; '
+            f'sizes = scan_sizes({paths[:60] + [str(tmp_path / "exif.jpg")]!r}); '
+            'print(len(sizes), sorted(m for m in ("cv2", "numpy", "PIL", "torch") if m in sys.modules))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ['61', '[]'], proc.stdout + proc.stderr
+    # a broken PNG is reported as read_image reports it
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
+    with pytest.raises(DataPrepError, match='unreadable or corrupt image'):
+        image_size(str(broken))
+
+
+@pytest.fixture
+def mixed_root(tmp_path, datasets_dir):
+    """DIV2K_train_HR with 3 BSD200 images (481x321 / 321x481, too small for a 480 crop) as 0001-0003 and two
+    Urban100 images (1024x644, 1024x768) as 0004, 0005."""
+    root = tmp_path / 'mixed'
+    (root / 'DIV2K_train_HR').mkdir(parents=True)
+    for i, name in enumerate(BSD_NAMES, 1):
+        shutil.copy(os.path.join(datasets_dir, 'BSD200', f'{name}.png'), root / 'DIV2K_train_HR' / f'{i:04d}.png')
+    for i, name in enumerate(('img_001', 'img_002'), 4):
+        shutil.copy(os.path.join(datasets_dir, 'Urban100', 'HR', f'{name}.png'),
+                    root / 'DIV2K_train_HR' / f'{i:04d}.png')
+    return root
+
+
+def test_div2k_lists_every_small_image_before_any_work(mixed_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'out'
+
+    def no_work(*args, **kwargs):
+        raise AssertionError('an image was decoded or a job started before the size check')
+
+    monkeypatch.setattr(div2k, 'read_image', no_work)
+    monkeypatch.setattr(div2k, 'write_lmdbs', no_work)
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '--workers', '1', '--scales', '4']) == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    hr_dir = mixed_root / 'DIV2K_train_HR'
+    assert err == ['error: 3 of 5 images are too small for the 480x480 crop (--crop-size) of DIV2K train; nothing '
+                   'was written:',
+                   f'  {hr_dir / "0001.png"}: 481x321, needs both sides >= 480',
+                   f'  {hr_dir / "0002.png"}: 321x481, needs both sides >= 480',
+                   f'  {hr_dir / "0003.png"}: 481x321, needs both sides >= 480',
+                   'fix: pass --skip-small to leave them out, or --crop-size 320 or less (a multiple of 4) to keep '
+                   'them all']
+    assert 'DIV2K: --crop-size 480 --step 240 --scales 4' in cap.out
+    assert not out.exists() and tmp_leftovers(tmp_path) == []
+    # the same from a fresh process: it stops before OpenCV, NumPy or torch is even imported
+    code = ('import sys; from lwsr_plugin.data.div2k import main; '
+            f'rc = main(["--root", {str(mixed_root)!r}, "--out", {str(out)!r}, "--scales", "4"]); '
+            'print(rc, sorted(m for m in ("cv2", "numpy", "torch", "basicsr") if m in sys.modules))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == '2 []', proc.stdout + proc.stderr
+    assert proc.stderr.count('needs both sides >= 480') == 3
+    assert not out.exists() and tmp_leftovers(tmp_path) == []
+
+
+def test_div2k_skip_small_leaves_them_out(mixed_root, tmp_path, capsys):
+    out = tmp_path / 'out'
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '--workers', '2', '--scales', '4',
+                       '--skip-small']) == 0
+    assert 'DIV2K train: --skip-small leaves out 3 of 5 images with a side under 480 px: 0001.png, 0002.png, ' \
+           '0003.png' in capsys.readouterr().out
+    hr, lr = str(out / 'DIV2K_train_HR_sub.lmdb'), str(out / 'DIV2K_train_LR_bicubic_X4_sub.lmdb')
+    meta = read_meta_info(hr)
+    assert set(meta) == set(read_meta_info(lr))
+    assert {key.split('_')[0] for key in meta} == {'0004', '0005'}
+    # 1024x644 -> 2 x 4 windows of 480 (0, 164 / 0, 240, 480, 544); 1024x768 -> 3 x 4 (0, 240, 288 / ...)
+    assert len(meta) == 8 + 12 and all(shape == (480, 480, 3) for shape, _ in meta.values())
+    assert check_lmdb.main([hr, lr]) == 0
+    assert sorted(os.listdir(out)) == ['DIV2K_train_HR_sub.lmdb', 'DIV2K_train_LR_bicubic_X4_sub.lmdb']
+    # every image too small: nothing to write, said in one line
+    assert div2k.main(['--root', str(mixed_root), '--out', str(tmp_path / 'none'), '--crop-size', '1032',
+                       '--scales', '4', '--skip-small']) == 2
+    assert one_error_line(capsys) == ('error: DIV2K train: every image has a side under 1032 px, so --skip-small '
+                                      'leaves nothing to write; instead use --crop-size 320 or less (a multiple of '
+                                      '4) to keep them all')
+    assert not (tmp_path / 'none').exists()
+
+
+def test_div2k_grid_from_train_options():
+    # the rule: BasicSR's 480/240 when it holds gt_size and is a multiple of every scale, else the smallest
+    # multiple of the lcm that holds gt_size; the step is half the crop, a multiple of the lcm too
+    assert div2k.derive_grid(192, [4]) == (480, 240)
+    assert div2k.derive_grid(96, [2, 3, 4]) == (480, 240)
+    assert div2k.derive_grid(500, [4]) == (500, 248)
+    assert div2k.derive_grid(192, [7]) == (476, 238)
+    assert div2k.derive_grid(600, [2, 3, 4]) == (600, 300)
+    for gt_size in range(8, 1000, 13):
+        for scales in ([2], [3], [4], [8], [2, 3, 4], [3, 8], [5]):
+            mod = np.lcm.reduce(scales)
+            crop, step = div2k.derive_grid(gt_size, scales)
+            assert crop >= gt_size and crop % mod == 0 and step % mod == 0 and 0 < step <= crop
+            if gt_size <= 480 and 480 % mod == 0:
+                assert (crop, step) == (480, 240)
+    # every shipped train option file that has a gt_size gets a grid it can train on
+    options = sorted(f for f in os.listdir(os.path.join(REPO, 'options')) if f.startswith('train_'))
+    assert len(options) > 10
+    for name in options:
+        gt_size, scales = div2k.read_train_options([os.path.join(REPO, 'options', name)])
+        crop, step = div2k.derive_grid(gt_size, scales)
+        assert crop >= gt_size and crop % scales[0] == 0, name
+
+
+def test_div2k_opt_derives_and_checks_crop(mixed_root, tmp_path, capsys):
+    imdn_x4 = os.path.join(REPO, 'options', 'train_IMDN_x4.yml')
+    imdn_x3 = os.path.join(REPO, 'options', 'train_IMDN_x3.yml')
+    out = tmp_path / 'out'
+    # derived values are stated; BSD images are too small for the derived 480 crop
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', imdn_x4, imdn_x3]) == 2
+    cap = capsys.readouterr()
+    assert cap.out.splitlines()[0] == (f'DIV2K: --crop-size 480 --step 240 --scales 3 4 (-opt {imdn_x4}, {imdn_x3}: '
+                                       "gt_size 192, scale 3 4; BasicSR's 480 crop holds gt_size and is a multiple "
+                                       'of 12; step = half the crop)')
+    assert 'fix: pass --skip-small to leave them out, or --crop-size 312 or less' in cap.err
+    # an explicit crop below gt_size: one line naming both
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', imdn_x4, '--crop-size', '120']) == 2
+    assert one_error_line(capsys) == (f'error: --crop-size 120 is smaller than gt_size 192 of -opt {imdn_x4}: '
+                                      "BasicSR's paired_random_crop cannot cut a 192 px patch from it; use "
+                                      '--crop-size 480 (or any multiple of 4 from 192), or leave it out')
+    # --scales that leave out the option file's scale
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', imdn_x4, '--scales', '2']) == 2
+    assert one_error_line(capsys) == (f'error: --scales 2 leaves out scale 4, which -opt {imdn_x4} trains on; add '
+                                      'it to --scales or leave --scales out')
+    # not a train option file
+    test_opt = os.path.join(REPO, 'options', 'test_IMDN_x4.yml')
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', test_opt]) == 2
+    assert one_error_line(capsys) == (f'error: -opt {test_opt}: no datasets.train.gt_size (a positive integer); '
+                                      'pass a BasicSR train option file, or --crop-size and --step')
+    # an explicit crop at least gt_size wins, the step follows it
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', imdn_x4, '--crop-size', '300',
+                       '--workers', '1']) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (f'DIV2K: --crop-size 300 --step 148 --scales 4 (-opt '
+                                                       f'{imdn_x4}: gt_size 192, scale 4; step = half the crop)')
+    assert {shape for shape, _ in read_meta_info(str(out / 'DIV2K_train_HR_sub.lmdb')).values()} == {(300, 300, 3)}
+    assert not out.joinpath('DIV2K_train_LR_bicubic_X2_sub.lmdb').exists()
+
+
+def test_div2k_opt_with_large_gt_size_trains(mixed_root, tmp_path, capsys):
+    """gt_size 500 > 480: the crop becomes 500 (a multiple of 4), step 248, and BasicSR's loader cuts 500 px
+    patches from the sub-images."""
+    opt = tmp_path / 'train_big.yml'
+    opt.write_text(TRAIN_YML.format(gt='x', lq='y').replace('gt_size: 32', 'gt_size: 500').replace('scale: 2',
+                                                                                                  'scale: 4'))
+    out = tmp_path / 'out'
+    assert div2k.main(['--root', str(mixed_root), '--out', str(out), '-opt', str(opt), '--skip-small',
+                       '--workers', '2']) == 0
+    assert capsys.readouterr().out.startswith(f'DIV2K: --crop-size 500 --step 248 --scales 4 (-opt {opt}: gt_size '
+                                              '500, scale 4; crop = the smallest multiple of 4 >= gt_size; step = '
+                                              'half the crop)')
+    hr, lr = str(out / 'DIV2K_train_HR_sub.lmdb'), str(out / 'DIV2K_train_LR_bicubic_X4_sub.lmdb')
+    assert {shape for shape, _ in read_meta_info(hr).values()} == {(500, 500, 3)}
+    assert {shape for shape, _ in read_meta_info(lr).values()} == {(125, 125, 3)}
+    sample = PairedImageDataset(train_opt(hr, lr, 4, 500))[0]
+    assert sample['gt'].shape == (3, 500, 500) and sample['lq'].shape == (3, 125, 125)
+
+
+def test_291_min_size_and_small_images(tmp_path, datasets_dir, capsys):
+    """--min-size 110: t20 (78x78) has no version of 110 px, so --min-size leaves it out and names it; t1 (197x176)
+    keeps its full-size versions, its 0.6 versions (106 px) are left out and counted up front. An image too small
+    for the scales themselves (a 10x16 corner of t1 with scales 2 3 4: no version reaches 12 px) is listed and
+    stops the command, or is left out by --skip-small."""
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in ('t1', 't20'):
+        shutil.copy(os.path.join(datasets_dir, 'T91', f'{name}.png'), src)
+    out = tmp_path / 'out'
+    args = ['--input', str(src), '--out', str(out), '--scales', '2', '--workers', '1', '--min-size', '110',
+            '--factors', '1.0', '0.6']
+    assert set291.main(args) == 0
+    stdout = capsys.readouterr().out.splitlines()
+    assert stdout[:2] == ['291: --min-size 110 leaves out 1 of 2 images with a side under 110 px: t20.png',
+                          '291: 1 images x 16 versions = 16 HR records; 8 versions under 110 px left out -> 8 '
+                          'records, scales [2]']
+    meta = read_meta_info(str(out / '291_HR.lmdb'))
+    assert set(meta) == set(read_meta_info(str(out / '291_LR_bicubic_X2.lmdb')))
+    assert sorted(meta) == sorted(f't1_d10_r{r:03d}_f{f}' for r in (0, 90, 180, 270) for f in (0, 1))
+    # too small for the scales: listed, nothing written; --skip-small leaves it out
+    cv2.imwrite(str(src / 'corner.png'), cv2.imread(os.path.join(datasets_dir, 'T91', 't1.png'))[:10, :16])
+    out = tmp_path / 'out2'
+    args = ['--input', str(src), '--out', str(out), '--workers', '1', '--factors', '1.0', '0.6']
+    assert set291.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: 1 of 3 images are too small for the scales 2 3 4 (even their largest version would be '
+                   'under 12 px, the lcm of the scales); nothing was written:',
+                   f'  {src / "corner.png"}: 16x10, needs both sides >= 12',
+                   'fix: pass --skip-small to leave them out, or fewer or smaller --scales']
+    assert not out.exists()
+    assert set291.main(args + ['--skip-small']) == 0
+    stdout = capsys.readouterr().out.splitlines()
+    assert stdout[0] == '291: --skip-small leaves out 1 of 3 images with a side under 12 px: corner.png'
+    # t20 at 0.6: ceil(78 * 0.6) = 47 -> 36 after the mod-crop by 12: kept (no --min-size)
+    meta = read_meta_info(str(out / '291_HR.lmdb'))
+    assert len(meta) == 32 and {key.split('_')[0] for key in meta} == {'t1', 't20'}
+    assert meta['t20_d06_r000_f0'][0] == (36, 36, 3)
+
+
+def test_benchmark_small_images_listed_or_skipped(tmp_path, datasets_dir, capsys):
+    hr = tmp_path / 'hr'
+    hr.mkdir()
+    shutil.copy(os.path.join(datasets_dir, 'Set5', 'HR', 'bird.png'), hr)
+    cv2.imwrite(str(hr / 'corner.png'), cv2.imread(os.path.join(datasets_dir, 'Set5', 'HR', 'baby.png'))[:3, :40])
+    out = tmp_path / 'set'
+    assert benchmark.main(['--hr', str(hr), '--out', str(out), '--scales', '4', '--workers', '1']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == 'error: 1 of 2 images are too small for scale 4 after the mod-crop by 4; nothing was written:'
+    assert err[1] == f'  {hr / "corner.png"}: 40x3, needs both sides >= 4'
+    assert not out.exists() and tmp_leftovers(tmp_path) == []
+    assert benchmark.main(['--hr', str(hr), '--out', str(out), '--scales', '4', '--workers', '1',
+                           '--skip-small']) == 0
+    assert sorted(os.listdir(out / 'HR')) == ['bird.png'] and os.listdir(out / 'LR_bicubic' / 'X4') == ['birdx4.png']
+
+
+COMMANDS = {'lwsr-prepare-div2k': 'lwsr_plugin.data.div2k', 'lwsr-prepare-291': 'lwsr_plugin.data.set291',
+            'lwsr-prepare-benchmark': 'lwsr_plugin.data.benchmark', 'lwsr-check-lmdb': 'lwsr_plugin.data.check_lmdb',
+            'lwsr-convert-idn': 'lwsr_plugin.convert.caffe_idn'}
+HEAVY = ('torch', 'cv2', 'numpy', 'basicsr')
+
+
+@pytest.mark.parametrize('command', sorted(COMMANDS))
+def test_help_imports_no_heavy_module(command):
+    """``--help`` builds the parser with Python, argparse and yaml: neither torch, BasicSR, OpenCV nor NumPy. Run
+    both the console entry point (its ``main``) and ``python -X importtime -m <module> --help``."""
+    module = COMMANDS[command]
+    code = (f'import sys\nfrom {module} import main\ntry:\n    main(["--help"])\nexcept SystemExit as e:\n'
+            f'    assert e.code == 0, e.code\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'usage:' in proc.stdout and proc.stdout.strip().splitlines()[-1] == '[]', proc.stdout
+    proc = subprocess.run([sys.executable, '-X', 'importtime', '-m', module, '--help'], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and 'usage:' in proc.stdout
+    imported = [line.split('|')[-1].strip() for line in proc.stderr.splitlines() if line.startswith('import time:')]
+    assert imported and not [m for m in imported if m.split('.')[0] in HEAVY]
+
+
+def test_check_lmdb_runs_without_torch(tmp_path, small_src):
+    """The check needs OpenCV and NumPy only: BasicSR and torch (seconds to import) stay out, and its checks
+    still run (here: clean, then one record that does not decode)."""
+    out = tmp_path / 'out'
+    assert set291.main(small_291_args(small_src, out)) == 0
+    hr, x2 = str(out / '291_HR.lmdb'), str(out / '291_LR_bicubic_X2.lmdb')
+    code = ('import sys; from lwsr_plugin.data.check_lmdb import main; '
+            f'rc = main([{hr!r}, {x2!r}, "--workers", "2"]); '
+            'print(rc, sorted(m for m in ("torch", "basicsr") if m in sys.modules))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == '0 []', proc.stdout + proc.stderr
+    key = sorted(read_meta_info(x2))[3]
+    env = lmdb.open(x2, map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        txn.put(key.encode(), b'\x89PNG\r\n\x1a\n truncated')
+    env.close()
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == '1 []' and f'{x2}: record "{key}" does not decode as an image' in lines, proc.stdout

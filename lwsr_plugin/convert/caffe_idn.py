@@ -10,16 +10,14 @@ and the legacy ``num/channels/height/width`` (1-4).
 Caffe layer names of the release: ``conv1``, ``conv2`` (FBlock, §3.1), ``conv{3..6}_{1..6}`` + ``down{1..4}`` (the four
 DBlocks: enhancement unit convs, compression unit; §3.2-3.3) and ``upsample`` (RBlock deconvolution). Blob layouts
 equal torch's (Conv2d ``(out, in/groups, k, k)``, ConvTranspose2d ``(in, out, k, k)``), so values copy bit-exactly.
+
+``lwsr-convert-idn`` imports this module before parsing its arguments, so NumPy and torch (and, through the IDN
+arch and ``atomic_save``, BasicSR) are imported in the functions that use them: ``--help`` stays instant.
 """
 import argparse
 import os
 import sys
 from collections import OrderedDict
-
-import numpy as np
-import torch
-
-from lwsr_plugin.compat import atomic_save
 
 
 class CaffeModelError(ValueError):
@@ -77,6 +75,7 @@ def _packed_varints(value, wire):
 
 
 def _blob(buf):
+    import numpy as np
     shape, legacy, data = None, {}, []
     for field, wire, value in _fields(buf):
         if field == 7:  # BlobShape
@@ -175,6 +174,8 @@ def convert_idn_caffemodel(path, scale=None):
     deconv = layers['upsample']['blobs'][0]
     kwargs = dict(num_in_ch=int(w_in.shape[1]), num_out_ch=int(deconv.shape[1]), num_feat=int(w_in.shape[0]),
                   num_block=num_block, upscale=int(stride), deconv_kernel=int(deconv.shape[-1]))
+    import numpy as np
+    import torch  # only now: a missing or foreign file is reported without waiting for torch
     state = OrderedDict()
     for cname, prefix in mapping.items():
         blobs = layers[cname]['blobs']
@@ -200,17 +201,24 @@ def _check_against_arch(path, state, kwargs):
 
 def save_basicsr_pth(state, out_path):
     """Write ``{'params': state}``, what BasicSR's ``load_network`` (``param_key_g: params``) reads."""
+    from lwsr_plugin.compat import atomic_save
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     atomic_save({'params': state}, out_path)  # never a half-written .pth under the final name
     return out_path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Convert an official IDN .caffemodel into a BasicSR .pth (params key) for the plugin IDN.')
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Convert an official IDN .caffemodel into a BasicSR .pth (params key) for the plugin IDN.')
     parser.add_argument('caffemodel', help='IDN_x{2,3,4}.caffemodel')
     parser.add_argument('output', help='output .pth (BasicSR format, key "params")')
     parser.add_argument('--scale', type=int, default=None, help='expected scale (checked against the file)')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Console command ``lwsr-convert-idn``; returns the exit status (1 for a file that is not an IDN model)."""
+    args = parse_args(argv)
     try:
         state, kwargs = convert_idn_caffemodel(args.caffemodel, args.scale)
     except (CaffeModelError, FileNotFoundError) as err:

@@ -12,24 +12,24 @@ import shutil
 import time
 from functools import partial
 
-import cv2
-
-from .images import DataPrepError, check_keys, list_images, mod_crop, read_image
+from .images import DataPrepError, check_keys, list_images, mod_crop, read_image, scan_sizes
 from .lmdb_io import check_targets, publish, tmp_path
-from .pipeline import add_lmdb_args, base_parser, cli, report_throughput, run_jobs
-from .resize import bicubic_downscale
+from .pipeline import add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, report_throughput, \
+    run_jobs
 
 
 def _write_png(path, img, compress_level):
+    import cv2
     if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level]):
         raise DataPrepError(f'{path}: cannot write (disk full or not writable)')
 
 
 def process_image(job, out_dir, scales, hr_mod, resize, compress_level):
     """Write one image's HR and LR files into the (temporary) output folder; returns the number of files."""
+    from .resize import bicubic_downscale  # NumPy/torch/BasicSR: loaded by the pipeline before it starts workers
     key, path = job
     hr = mod_crop(read_image(path), hr_mod)
-    if min(hr.shape[:2]) < max(scales):
+    if min(hr.shape[:2]) < max(scales):  # the size scan excludes this unless a header disagrees with the pixels
         raise DataPrepError(f'{path}: image {hr.shape[1]}x{hr.shape[0]} is smaller than scale {max(scales)}')
     _write_png(os.path.join(out_dir, 'HR', f'{key}.png'), hr, compress_level)
     for s in scales:
@@ -43,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument('--hr', required=True, help='folder of HR images')
     parser.add_argument('--out', required=True, help='output set folder (gets HR/ and LR_bicubic/)')
     parser.add_argument('--hr-mod', type=int, default=0, help='mod-crop of HR (0 = largest scale)')
+    add_skip_small_arg(parser, 'the largest scale after the mod-crop')
     add_lmdb_args(parser, resize_default='matlab')
     return parser.parse_args(argv)
 
@@ -54,12 +55,21 @@ def run(argv=None):
     if os.path.abspath(args.hr).startswith(out + os.sep) or os.path.abspath(args.hr) == out:
         raise DataPrepError(f'{args.hr}: the input lies inside --out {args.out}, which would be replaced')
     keys = check_keys(list_images(args.hr))
+    if args.hr_mod < 0:
+        raise DataPrepError(f'--hr-mod {args.hr_mod}: must be 0 (the largest scale) or positive')
+    hr_mod = args.hr_mod or max(args.scales)
+    # HR mod-cropped by hr_mod must keep at least max(scales) pixels a side for every LR to have one
+    min_side = -(-max(args.scales) // hr_mod) * hr_mod
+    kept = set(keep_large_enough(scan_sizes(list(keys.values()), 'benchmark: reading sizes'), min_side,
+                                 args.skip_small, f'scale {max(args.scales)} after the mod-crop by {hr_mod}',
+                                 'fewer or smaller --scales (or a smaller --hr-mod)', 'benchmark'))
+    keys = {key: path for key, path in keys.items() if path in kept}
     check_targets([out], args.overwrite)
     tmp = tmp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ['HR'] + [os.path.join('LR_bicubic', f'X{s}') for s in args.scales]:
         os.makedirs(os.path.join(tmp, sub))
-    func = partial(process_image, out_dir=tmp, scales=args.scales, hr_mod=args.hr_mod or max(args.scales),
+    func = partial(process_image, out_dir=tmp, scales=args.scales, hr_mod=hr_mod,
                    resize=args.resize, compress_level=args.compress_level)
     start = time.time()
     results = run_jobs(func, list(keys.items()), args.workers, 'benchmark')

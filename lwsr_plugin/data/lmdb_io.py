@@ -47,11 +47,18 @@ def remove_stale_tmp(final_path):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
-def check_targets(final_paths, overwrite):
-    """Refuse to start when an output exists and ``overwrite`` is off; clean stale temporaries; create parents."""
+def refuse_existing(final_paths, overwrite):
+    """Refuse to start when an output exists and ``overwrite`` is off. Touches nothing on disk, so the commands
+    run it with their other up-front checks."""
     for path in final_paths:
         if os.path.exists(path) and not overwrite:
             raise DataPrepError(f'{path}: already exists; pass --overwrite to replace it')
+
+
+def check_targets(final_paths, overwrite):
+    """Refuse to start when an output exists and ``overwrite`` is off; clean stale temporaries; create parents."""
+    refuse_existing(final_paths, overwrite)
+    for path in final_paths:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         remove_stale_tmp(path)
 

@@ -2,6 +2,9 @@
 
 Workers (``multiprocessing``) turn one source image each into encoded records; the parent process alone writes
 them, so LMDB sees a single writer. Outputs are published only after every job succeeded.
+
+The commands import this module before parsing their arguments: OpenCV, NumPy, torch and BasicSR are imported only
+by :func:`run_jobs`, i.e. once the arguments and the inputs have been checked.
 """
 import argparse
 import multiprocessing
@@ -11,10 +14,10 @@ import sys
 import threading
 import time
 
-from tqdm import tqdm
-
 from .images import DataPrepError
 from .lmdb_io import AtomicLmdbWriter, check_targets, publish
+
+MAX_NAMED = 20  # skipped images named in the --skip-small line; the count covers all
 
 
 def _single_thread():
@@ -42,9 +45,17 @@ def _thread_settings(saved=None):
     return torch.get_num_threads(), cv2.getNumThreads()
 
 
+def _import_pixel_modules():
+    # Before the pool forks: the workers inherit NumPy, torch and BasicSR (through .resize) from the parent instead
+    # of importing them each, which costs seconds and a few hundred MB per worker.
+    from . import resize  # noqa: F401
+
+
 def run_jobs(func, jobs, workers, desc):
     """Yield ``func(job)`` for every job in order, over ``workers`` processes (in-process when ``workers`` <= 1),
     with a tqdm bar. A worker's DataPrepError is re-raised here unchanged."""
+    from tqdm import tqdm  # not at the top: 50-70 ms that --help would pay
+    _import_pixel_modules()
     bar = tqdm(total=len(jobs), desc=desc, unit='img', dynamic_ncols=True, file=sys.stderr)
     pool = None
     saved = _thread_settings()
@@ -107,24 +118,82 @@ def report_throughput(desc, n_images, n_records, seconds):
     print(f'{desc}: {n_images} source images -> {n_records} records in {seconds:.1f} s ({rate:.2f} images/s)')
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except ``None``: such defaults are worked out at run time and the help text
+    says how."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def base_parser(description):
     """ArgumentParser with the options every preparation command has."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                         help='worker processes (1 = run in this process)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return parser
 
 
-def add_lmdb_args(parser, resize_default='basicsr'):
-    """Options of the LMDB-writing commands: scales, PNG compression, resize rounding."""
-    parser.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], help='LR scales to produce')
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a positive integer')
+    return value
+
+
+def add_lmdb_args(parser, resize_default='basicsr', scales_default=(2, 3, 4)):
+    """Options of the LMDB-writing commands: scales, PNG compression, resize rounding. ``scales_default=None``
+    leaves ``--scales`` unset when not given (the command derives it)."""
+    default = list(scales_default) if scales_default else None
+    parser.add_argument('--scales', type=positive_int, nargs='+', default=default,
+                        help='LR scales to produce' + ('' if default else ' (default: 2 3 4, or those of -opt)'))
     parser.add_argument('--compress-level', type=int, default=1, choices=range(10), metavar='0-9',
                         help='PNG compression of the records (BasicSR default 1: fast to decode)')
     parser.add_argument('--resize', choices=('basicsr', 'matlab'), default=resize_default,
                         help='bicubic rounding: basicsr = basicsr imresize (one rounding), '
                         'matlab = MATLAB uint8 imresize (rounding after each axis)')
+
+
+def spaced(numbers):
+    """``[2, 3, 4]`` -> ``'2 3 4'``, as the numbers would be typed on the command line."""
+    return ' '.join(str(n) for n in numbers)
+
+
+def add_skip_small_arg(parser, requirement):
+    """``--skip-small``; ``requirement`` says which size an image needs, for the help text."""
+    parser.add_argument('--skip-small', action='store_true',
+                        help=f'leave out (and list) images smaller than {requirement}; without it any such image '
+                        'stops the command before it does any work')
+
+
+def keep_large_enough(sizes, min_side, skip_small, context, fix, desc, skipped_by='--skip-small'):
+    """The paths of ``sizes`` ({path: (width, height)}) whose both sides are at least ``min_side``, in order.
+
+    Images below that stop the command before any work is done, with one message that lists every one of them
+    (path, size, required size) and the ways out (``--skip-small``, and ``fix`` when given); with ``skip_small``
+    they are left out and counted instead, in a line that says they were left out by ``skipped_by``.
+    """
+    small = [(path, size) for path, size in sizes.items() if min(size) < min_side]
+    kept = [path for path in sizes if min(sizes[path]) >= min_side]
+    if small and not skip_small:
+        lines = [f'{len(small)} of {len(sizes)} images are too small for {context}; nothing was written:']
+        lines += [f'  {path}: {w}x{h}, needs both sides >= {min_side}' for path, (w, h) in small]
+        lines.append('fix: pass --skip-small to leave them out' + (f', or {fix}' if fix else ''))
+        raise DataPrepError('\n'.join(lines))
+    if small:
+        names = [os.path.basename(path) for path, _ in small]
+        more = f' and {len(names) - MAX_NAMED} more' if len(names) > MAX_NAMED else ''
+        print(f'{desc}: {skipped_by} leaves out {len(small)} of {len(sizes)} images with a side under {min_side} px: '
+              f'{", ".join(names[:MAX_NAMED])}{more}')
+    if not kept:
+        raise DataPrepError(f'{desc}: every image has a side under {min_side} px, so {skipped_by} leaves nothing to '
+                            'write' + (f'; instead use {fix}' if fix else ''))
+    return kept
 
 
 def _raise_interrupt(signum, frame):
