@@ -91,3 +91,13 @@ def write_options(path, base=None, **updates):
 def set_options(path, updates):
     """``write_options`` with keys that are not Python identifiers."""
     return write_options(path, **updates)
+
+
+def make_pair_lmdbs(out, datasets_dir, pairs):
+    """``(gt.lmdb, lq.lmdb)`` in ``out`` from ``pairs`` of (HR path, LR path, key) under ``datasets_dir``, written by
+    BasicSR's own LMDB writer (same keys in both)."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    keys = [p[2] for p in pairs]
+    make_lmdb_from_imgs(datasets_dir, str(out / 'gt.lmdb'), [p[0] for p in pairs], keys)
+    make_lmdb_from_imgs(datasets_dir, str(out / 'lq.lmdb'), [p[1] for p in pairs], keys)
+    return str(out / 'gt.lmdb'), str(out / 'lq.lmdb')

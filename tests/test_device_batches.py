@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from basicsr.utils import bgr2ycbcr
-from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from torchvision.transforms.functional import normalize
 
-from _utils import PY, link_datasets, run, write_options
+from _utils import PY, link_datasets, make_pair_lmdbs, run, write_options
 from lwsr_plugin.data import device_batches as db
 from lwsr_plugin.data.device_batches import DeviceBatches
 from lwsr_plugin.data.in_memory_paired_image_dataset import (GT, LQ, InMemoryDatasetError, InMemoryPairedImageDataset,
-                                                             format_size, read_cache_header)
+                                                             _flip, format_size, read_cache_header)
 
 CPU = torch.device('cpu')
 # Set5, a grey Set14 image (bridge, decoded to three channels) and a large Urban100 image (1024x644)
@@ -30,10 +29,8 @@ BIG = 4  # img_001 (its key sorts last)
 def opt(tmp_path_factory, datasets_dir):
     """Train options of a real x4 LMDB pair (BasicSR's own writer), with its cache already built."""
     out = tmp_path_factory.mktemp('lmdb')
-    keys = [p[2] for p in PAIRS]
-    make_lmdb_from_imgs(datasets_dir, str(out / 'gt.lmdb'), [p[0] for p in PAIRS], keys)
-    make_lmdb_from_imgs(datasets_dir, str(out / 'lq.lmdb'), [p[1] for p in PAIRS], keys)
-    opt = {'name': 'test', 'dataroot_gt': str(out / 'gt.lmdb'), 'dataroot_lq': str(out / 'lq.lmdb'),
+    gt, lq = make_pair_lmdbs(out, datasets_dir, PAIRS)
+    opt = {'name': 'test', 'dataroot_gt': gt, 'dataroot_lq': lq,
            'io_backend': {'type': 'lmdb'}, 'phase': 'train', 'scale': 4, 'gt_size': 48, 'use_hflip': True,
            'use_rot': True, 'on_device': True, 'cache_dir': str(out / 'cache')}
     InMemoryPairedImageDataset(dict(opt))
@@ -41,14 +38,9 @@ def opt(tmp_path_factory, datasets_dir):
 
 
 def augment_np(img, hflip, vflip, rot90):
-    """basicsr.data.transforms.augment on one HWC image with the given draws."""
-    if hflip:
-        img = img[:, ::-1]
-    if vflip:
-        img = img[::-1]
-    if rot90:
-        img = img.transpose(1, 0, 2)
-    return img
+    """basicsr.data.transforms.augment on one HWC image with the given draws (the in-memory dataset's views, which
+    test_in_memory_dataset checks against BasicSR's augment bit for bit)."""
+    return _flip(img, hflip, vflip, rot90)
 
 
 def dihedral(img):

@@ -17,9 +17,9 @@ import pytest
 import torch
 from basicsr.data import worker_init_fn
 from basicsr.data.paired_image_dataset import PairedImageDataset
-from basicsr.utils.lmdb_util import LmdbMaker, make_lmdb_from_imgs
+from basicsr.utils.lmdb_util import LmdbMaker
 
-from _utils import PY, link_datasets, run, write_options
+from _utils import PY, link_datasets, make_pair_lmdbs, run, write_options
 from lwsr_plugin.data.in_memory_paired_image_dataset import (InMemoryDatasetError, InMemoryPairedImageDataset,
                                                              format_size, parse_size, read_cache_header)
 
@@ -33,11 +33,7 @@ PAIRS = ([(f'Set5/HR/{s}.png', f'Set5/LR_bicubic/X4/{s}x4.png', s) for s in SET5
 @pytest.fixture(scope='module')
 def lmdbs(tmp_path_factory, datasets_dir):
     """``(gt.lmdb, lq.lmdb)`` built from the real images with BasicSR's own LMDB writer (X4, same keys)."""
-    out = tmp_path_factory.mktemp('lmdb')
-    keys = [p[2] for p in PAIRS]
-    make_lmdb_from_imgs(datasets_dir, str(out / 'gt.lmdb'), [p[0] for p in PAIRS], keys)
-    make_lmdb_from_imgs(datasets_dir, str(out / 'lq.lmdb'), [p[1] for p in PAIRS], keys)
-    return str(out / 'gt.lmdb'), str(out / 'lq.lmdb')
+    return make_pair_lmdbs(tmp_path_factory.mktemp('lmdb'), datasets_dir, PAIRS)
 
 
 def lmdb_opt(lmdbs, phase='train', **extra):

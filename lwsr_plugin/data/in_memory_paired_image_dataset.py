@@ -46,6 +46,7 @@ from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_l
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
+from lwsr_plugin.data.lmdb_io import pid_alive
 
 try:
     import fcntl
@@ -106,16 +107,6 @@ def _sha256_file(path):
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager
@@ -518,7 +509,7 @@ class InMemoryPairedImageDataset(data.Dataset):
                 pass  # in use (a running job maps it, or a build holds the lock), or already gone
         for old in glob.glob(pattern + SUFFIX + '.tmp-*'):
             host, _, pid = old.rsplit('.tmp-', 1)[1].rpartition('-')[0].rpartition('-')
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                 _remove(old)
 
     def _check_alignment(self, shapes):

@@ -25,7 +25,8 @@ def tmp_path(final_path):
     return f'{final_path}.tmp-{os.getpid()}'
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """True while a process ``pid`` exists on this host (a temp file's writer may still be at work)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,7 +44,7 @@ def remove_stale_tmp(final_path):
         return
     for entry in os.listdir(folder):
         m = re.fullmatch(r'(.+)\.(tmp|old)-(\d+)', entry)
-        if m and (m.group(1) == name or m.group(1).endswith('.lmdb')) and not _pid_alive(int(m.group(3))):
+        if m and (m.group(1) == name or m.group(1).endswith('.lmdb')) and not pid_alive(int(m.group(3))):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
