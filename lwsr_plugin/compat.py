@@ -332,7 +332,8 @@ def resolve_network(opt, option='network_g'):
         raise KeyError(f'{option}.type: {arch!r} is not registered in BasicSR\'s ARCH_REGISTRY' +
                        (f'; did you mean {close}?' if close else '.') +
                        f' Registered: {sorted(ARCH_REGISTRY.keys())}. For your own arch, list its file or folder under '
-                       '`user_modules:` in the option file (or in LWSR_USER_MODULES); see README "Your own arch".')
+                       '`user_modules:` in the option file (or in LWSR_USER_MODULES); see the README section '
+                       'Your own arch.')
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in opt if k != 'type' and k not in params]

@@ -265,9 +265,9 @@ def report(arch, paths, stats, device):
         med = statistics.median(st['iter'])
         wait = sum(st['wait']) / sum(st['iter'])
         busy = f'{statistics.median(st["busy"]) * 100:.0f} %' if st['busy'] else '-'
-        rows.append(f'| {arch} | {name} | {med * 1000:,.0f} ({min(st["iter"]) * 1000:,.0f}-{max(st["iter"]) * 1000:,.0f})'
-                    f' | {base / med:.2f}x | {paths[name].batch / med:,.1f} | {wait * 100:.1f} % | '
-                    f'{st["peak"]:,.0f} | {busy} |')
+        spread = f'{min(st["iter"]) * 1000:,.0f}-{max(st["iter"]) * 1000:,.0f}'
+        rows.append(f'| {arch} | {name} | {med * 1000:,.0f} ({spread}) | {base / med:.2f}x | '
+                    f'{paths[name].batch / med:,.1f} | {wait * 100:.1f} % | {st["peak"]:,.0f} | {busy} |')
     return rows
 
 
@@ -303,7 +303,8 @@ def main(argv=None):
     dev = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'\n{dev}; torch {torch.__version__}; {args.rounds} rounds x {args.iters} iterations per path, interleaved '
           f'(after {args.warmup} warm-up); ms/iter median (min-max); speed-up = plain median / path median; data wait '
-          '= share of the iteration spent getting the batch; peak MB: CUDA max allocated, CPU peak RSS above the start.\n')
+          '= share of the iteration spent getting the batch; peak MB: CUDA max allocated, CPU peak RSS above the '
+          'start.\n')
     print('| arch | path | ms/iter | speed-up | patches/s | data wait | peak MB | GPU busy |')
     print('|---|---|---|---|---|---|---|---|')
     print('\n'.join(lines))

@@ -56,7 +56,8 @@ def test_autoload_switch_off(tmp_path):
     # the switch really turns the hook off: BasicSR 1.4.2 alone cannot import on this torchvision
     assert proc.returncode != 0 and 'functional_tensor' in proc.stdout
     # importing the plugin explicitly still works (and registers) with the hook off
-    code = 'import lwsr_plugin, basicsr; from basicsr.utils.registry import ARCH_REGISTRY; print("IMDN" in ARCH_REGISTRY)'
+    code = ('import lwsr_plugin, basicsr; from basicsr.utils.registry import ARCH_REGISTRY; '
+            'print("IMDN" in ARCH_REGISTRY)')
     assert py(code, tmp_path, env=env).stdout.strip() == 'True'
 
 

@@ -61,7 +61,8 @@ def _smallest_training_image(dataset_opt):
 
 @MODEL_REGISTRY.register()
 class TwoStageSRModel(LWSRModel):
-    """LWSRModel (fast training options included) whose pixel loss, learning rate and training patch size change once, at ``train.two_stage.switch_iter``.
+    """LWSRModel (fast training options included) whose pixel loss, learning rate and training patch size change
+    once, at ``train.two_stage.switch_iter``.
 
     Stage 1 is the ordinary SRModel setup; stage 2 follows ``train.two_stage`` (see the module docstring). The log and
     tensorboard get a message at the switch, and every printed log line carries ``stage`` and ``gt_size`` (the HR
