@@ -184,3 +184,16 @@ def test_option_files(name):
         # the paper's Table 3 sets, plus Urban100/Manga109 (skipped by lwsr-test when absent)
         assert [d['name'] for d in opt['datasets'].values()] == ['Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109']
         assert all(d['filename_tmpl'] == f'{{}}x{scale}' for d in opt['datasets'].values())
+
+
+def test_elu_training_path_matches_torch():
+    """blocks.ELU in training (vectorised exp forward, elu_backward from the output) equals F.elu and its gradient."""
+    from lwsr_plugin.archs.blocks import ELU, _ELUTrain
+    x = torch.randn(3, 4, 5, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _ELUTrain.apply(t, 0.2), (x, ))
+    x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn_like(x)
+    ours = ELU(0.2, inplace=True)(x)
+    ref = torch.nn.functional.elu(x, 0.2)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0], atol=1e-6)

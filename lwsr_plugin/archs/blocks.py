@@ -32,15 +32,37 @@ def activation(act_type='lrelu', neg_slope=0.05, inplace=True):
     raise ValueError(f'Unknown activation {act_type!r}: use relu, lrelu, prelu or elu.')
 
 
+class _ELUTrain(torch.autograd.Function):
+    """ELU for training on CPU with the vectorised ``exp`` (see :class:`ELU`). Backward from the saved output by
+    PyTorch's own (fast) ``elu_backward`` kernel, as its in-place ELU does: 1 where y > 0, else alpha * exp(x) =
+    y + alpha."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        negative = torch.clamp(x, max=0).exp_().sub_(1).mul_(alpha)
+        y = x.clamp(min=0).add_(negative)
+        ctx.alpha = alpha
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, ctx.alpha, 1.0, 1.0, True, y), None
+
+
 class ELU(nn.ELU):
-    """ELU (DRN §3.1, alpha 0.2) whose CPU inference path uses the vectorised ``exp``: PyTorch's CPU ELU kernel takes
-    ~6.5 ns per negative element here (1.5 ms on a 16x90x160 map against 0.19 ms for ``exp``), which made ELU half of
-    DRN's forward time. alpha * (exp(x) - 1) differs from the expm1 form by < 1.2e-7 * alpha. Training (inputs that
-    require grad) and other devices use ``F.elu`` unchanged."""
+    """ELU (DRN §3.1, alpha 0.2) computed with the vectorised ``exp`` on CPU: PyTorch's CPU ELU kernel takes ~6.5 ns
+    per negative element here (1.5 ms on a 16x90x160 map against 0.19 ms for ``exp``; in bf16 training 28 ms per
+    call, 78 % of a DRN training step), which made ELU half of DRN's forward time. alpha * (exp(x) - 1) differs from
+    the expm1 form by < 1.2e-7 * alpha. Training uses the same forward with a hand-written backward
+    (:class:`_ELUTrain`); other devices use ``F.elu`` unchanged."""
 
     def forward(self, x):
-        if x.device.type != 'cpu' or (x.requires_grad and torch.is_grad_enabled()):
+        if x.device.type != 'cpu':
             return super().forward(x)
+        if x.requires_grad and torch.is_grad_enabled():
+            return _ELUTrain.apply(x, self.alpha)
         negative = torch.clamp(x, max=0).exp_().sub_(1).mul_(self.alpha)
         return (x.clamp_(min=0) if self.inplace else x.clamp(min=0)).add_(negative)
 
