@@ -1,17 +1,21 @@
 """Start-up cost of every lwsr_plugin command and of the plugin's registration, as a Markdown table (issue 18).
 
-Each measurement is a fresh interpreter, wall time, rounds interleaved so load from other processes hits all alike;
-median and min over ``--repeats``. Rows:
+Each measurement is a fresh interpreter, rounds interleaved so load from other processes hits all alike; median and
+min over ``--repeats`` of the wall time, and the median CPU time (user + system) of the child, which other processes'
+load barely changes. Rows:
 
 * ``<command> --help`` for every console command the installed lwsr_plugin declares;
-* ``import basicsr`` alone (the torchvision alias installed, the plugin's automatic registration off) against
-  ``import basicsr`` with the plugin registering (the default): the difference is what the plugin adds;
+* ``import basicsr`` alone (the torchvision alias installed, the plugin's automatic registration off) and
+  ``import basicsr`` with the plugin registering (the default);
+* what the plugin adds to ``import basicsr``: ``import lwsr_plugin`` (which registers at once) timed inside a fresh interpreter that has
+  just imported BasicSR (the difference of the two rows above drowns in their own spread);
 * ``import lwsr_plugin`` alone (no torch: registration waits until BasicSR is imported).
 
     python scripts/benchmark_startup.py --repeats 5
 """
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,6 +24,9 @@ from importlib import metadata
 
 BIN = os.path.dirname(sys.executable)
 ALIAS_ONLY = 'import _lwsr_plugin_startup as s; s.install(); import basicsr'
+# with BasicSR already imported, `import lwsr_plugin` registers at once
+REGISTER = (ALIAS_ONLY + '\nimport time\nw, c = time.perf_counter(), time.process_time()\nimport lwsr_plugin\n'
+            'assert lwsr_plugin.registration.is_registered()\nprint(time.perf_counter() - w, time.process_time() - c)')
 
 
 def commands():
@@ -29,13 +36,20 @@ def commands():
     return sorted((ep.name, [os.path.join(BIN, ep.name), '--help']) for ep in eps)
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(argv, env):
+    """``(wall seconds, CPU seconds)`` of one run of ``argv``."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f'{" ".join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}')
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def main(argv=None):
@@ -61,14 +75,23 @@ def main(argv=None):
             times[label].append(timed(cmd, row_env))
     print(f'Python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible; wall seconds of a fresh interpreter, '
           f'{args.repeats} interleaved rounds.\n')
-    print('| what | median s | min s |\n|---|---|---|')
+    print('| what | wall median s | wall min s | CPU median s |\n|---|---|---|---|')
+
+    def cols(label):
+        wall, cpu = [t[0] for t in times[label]], [t[1] for t in times[label]]
+        return statistics.median(wall), min(wall), statistics.median(cpu)
+
     for label, _, _ in rows:
-        print(f'| {label} | {statistics.median(times[label]):.3f} | {min(times[label]):.3f} |')
+        print('| {} | {:.3f} | {:.3f} | {:.3f} |'.format(label, *cols(label)))
     if not args.no_imports:
-        base = times['`import basicsr` (plugin off, alias only)']
-        full = times['`import basicsr` (plugin registers)']
-        print(f'| plugin registration on top of `import basicsr` | '
-              f'{statistics.median(full) - statistics.median(base):+.3f} | {min(full) - min(base):+.3f} |')
+        inside = []
+        for _ in range(args.repeats):
+            out = subprocess.run([sys.executable, '-c', REGISTER], env=dict(env, LWSR_PLUGIN_AUTOLOAD='0'),
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+            inside.append((float(out[0]), float(out[1])))
+        wall, cpu = [t[0] for t in inside], [t[1] for t in inside]
+        print(f'| `import lwsr_plugin` after `import basicsr`: registration (what the plugin adds) | '
+              f'{statistics.median(wall):.3f} | {min(wall):.3f} | {statistics.median(cpu):.3f} |')
 
 
 if __name__ == '__main__':
