@@ -77,7 +77,7 @@ def build_lmdbs(work, hr_dirs, scales):
     """A DIV2K-like layout under ``work`` (HR sub-images 480/240 and LR for each scale) made by lwsr-prepare-div2k."""
     import shutil
     import subprocess
-    root = os.path.join(work, 'DIV2K')
+    root = os.path.join(work, 'DIV2K_X' + '_'.join(map(str, scales)))  # one layout per scale set: nothing to redo
     hr_link = os.path.join(root, 'DIV2K_train_HR')
     if not os.path.isdir(hr_link):
         os.makedirs(hr_link)
