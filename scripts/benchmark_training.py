@@ -93,7 +93,7 @@ def build_lmdbs(work, hr_dirs, scales):
     return root
 
 
-def options_for(arch, path_kind, lmdb_root, device, compile_mode):
+def options_for(arch, path_kind, lmdb_root, device, compile_mode, workers=0):
     """The option dict BasicSR's parse_options would give for the shipped file, adapted to the path."""
     file, scale = ARCHS[arch]
     with open(os.path.join(REPO, 'options', file), encoding='utf-8') as f:
@@ -103,7 +103,8 @@ def options_for(arch, path_kind, lmdb_root, device, compile_mode):
     train_set.update(name='bench', phase='train', scale=scale, io_backend={'type': 'lmdb'}, filename_tmpl='{}',
                      dataroot_gt=os.path.join(lmdb_root, 'DIV2K_train_HR_sub.lmdb'),
                      dataroot_lq=os.path.join(lmdb_root, f'DIV2K_train_LR_bicubic_X{scale}_sub.lmdb'),
-                     num_worker_per_gpu=0, prefetch_mode=None, persistent_workers=False, dataset_enlarge_ratio=100)
+                     num_worker_per_gpu=workers, prefetch_mode=None, persistent_workers=workers > 0,
+                     dataset_enlarge_ratio=100)
     if opt['network_g'].get('num_in_ch', 3) == 1 or opt['network_g']['type'] == 'IDN':
         train_set['color'] = 'y'
     train_opt = opt['train']
@@ -223,8 +224,8 @@ def run_arch(arch, args, lmdb_root):
     device = args.device
     paths = {
         'plain': PlainPath(options_for(arch, 'default', lmdb_root, device, None), device),
-        'plugin default': PluginPath(options_for(arch, 'default', lmdb_root, device, None)),
-        'plugin fast': PluginPath(options_for(arch, 'fast', lmdb_root, device, args.compile)),
+        'plugin default': PluginPath(options_for(arch, 'default', lmdb_root, device, None, args.workers)),
+        'plugin fast': PluginPath(options_for(arch, 'fast', lmdb_root, device, args.compile, args.workers)),
     }
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     for name, path in paths.items():  # warm-up: compile, allocator, cudnn autotuning, worker start
@@ -279,6 +280,8 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=3, help='iterations per path per round (default 3)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations per path first (default 3)')
     parser.add_argument('--compile', nargs='?', const='default', default=None, help='add compile to the fast path')
+    parser.add_argument('--workers', type=int, default=0,
+                        help='DataLoader workers of the plugin paths (default 0: loading counted in the iteration)')
     parser.add_argument('--work', default=os.path.join(os.path.expanduser('~'), '.cache', 'lwsr_bench'),
                         help='where the LMDBs and caches are made once')
     parser.add_argument('--hr', nargs='+', default=[os.path.join(SHARED, 'datasets', n, 'HR') for n in
@@ -301,7 +304,8 @@ def main(argv=None):
         lines += report(arch, paths, stats, args.device)
         del paths
     dev = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    print(f'\n{dev}; torch {torch.__version__}; {args.rounds} rounds x {args.iters} iterations per path, interleaved '
+    print(f'\n{dev}; torch {torch.__version__}; {args.workers} DataLoader workers; {args.rounds} rounds x {args.iters} '
+          'iterations per path, interleaved '
           f'(after {args.warmup} warm-up); ms/iter median (min-max); speed-up = plain median / path median; data wait '
           '= share of the iteration spent getting the batch; peak MB: CUDA max allocated, CPU peak RSS above the '
           'start.\n')
