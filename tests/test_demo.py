@@ -1,5 +1,5 @@
 """The README's main job: lwsr-demo trains IMDN x4 with BasicSR's trainer on scikit-image photos, within the time it
-is given, and beats bicubic."""
+is given, and beats bicubic by a margin."""
 import os
 import re
 import subprocess
@@ -10,6 +10,9 @@ import pytest
 from _utils import BIN, PY, run
 
 MINUTES = 2.0  # the shortest budget that still beats bicubic on 2 busy cores (the default is 5)
+# --minutes 2 gains +0.5 to +0.6 dB on 2 busy cores with bf16 (about 5000 iterations); about 1000 iterations, what
+# a machine five times slower (or without native bf16 and busier) trains, still give about +0.4 dB
+MIN_GAIN_DB = 0.3
 STARTUP_MARGIN_S = 30  # interpreter and entry-point start, before the demo's own clock starts, on a loaded machine
 
 
@@ -22,7 +25,7 @@ def test_demo_beats_bicubic_within_its_time(tmp_path):
     out = run(cmd, cwd=tmp_path, timeout=3 * budget + 120).stdout
     wall = time.time() - begin
     sr, bic = map(float, re.search(r'SR \(IMDN x4\) Y-PSNR ([\d.]+) dB \| bicubic Y-PSNR ([\d.]+) dB', out).groups())
-    assert sr > bic, out[-3000:]
+    assert sr - bic >= MIN_GAIN_DB, f'gain {sr - bic:+.2f} dB, expected >= +{MIN_GAIN_DB} dB:\n{out[-3000:]}'
     images = os.listdir(tmp_path / 'demo' / 'images')
     assert 'chelsea_SR_x4.png' in images and 'chelsea_comparison.png' in images
     assert os.path.isfile(tmp_path / 'demo' / 'experiments' / 'lwsr_demo_IMDN_x4' / 'models' / 'net_g_latest.pth')
