@@ -452,8 +452,7 @@ def _wrap_update_learning_rate(original):
         if progress is None:
             progress = self._lwsr_progress = TrainingProgress(self.opt)
             _RUN['progress'] = progress
-        from basicsr.utils import get_root_logger
-        progress.step(current_iter, get_root_logger().info, getattr(self, 'log_dict', None))
+        progress.step(current_iter, _logger.get_root_logger().info, getattr(self, 'log_dict', None))
 
     update_learning_rate.__wrapped__ = original
     return update_learning_rate

@@ -99,3 +99,15 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path, datasets_dir):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert any(not torch.equal(w0[k], init[k]) for k in init)  # they trained past iteration 2, together
+
+
+def test_progress_line_with_rate_and_eta(tmp_path, datasets_dir):
+    """A progress line with it/s and ETA comes at least every logger.progress_interval seconds, between BasicSR's
+    print_freq lines, which carry it/s too."""
+    work = link_datasets(tmp_path, datasets_dir)
+    opt = write_options(tmp_path / 'opt.yml', **{'train.total_iter': 8, 'logger.print_freq': 4,
+                                                 'logger.progress_interval': 0.001})
+    out = run([PY, '-m', 'lwsr_plugin.train', '-opt', opt], cwd=work).stdout
+    progress = re.findall(r'\[progress\] iter:\s+(\d+)/8 \| ([\d.]+) it/s \| eta: \d+:\d\d:\d\d l_pix: ', out)
+    assert len(progress) >= 4 and all(float(rate) > 0 for _, rate in progress), out[-3000:]
+    assert re.search(r'iter:\s+8, lr:.* \[[\d.]+ it/s\]', out)
