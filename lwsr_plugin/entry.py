@@ -11,6 +11,7 @@ that every entry point behaves the same:
 Light at module level (no torch): the heavy imports happen after ``--help`` and the option file were read.
 """
 import argparse
+import contextlib
 import os
 import sys
 
@@ -51,12 +52,6 @@ several processes (GPUs with nccl, CPU cores with gloo):
     return parser
 
 
-def _opt_path(argv):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt')
-    return parser.parse_known_args(argv)[0].opt
-
-
 def _is_rank0():
     return os.environ.get('RANK', '0') == '0'
 
@@ -64,14 +59,26 @@ def _is_rank0():
 def run(kind, argv=None, default_root=None, default_source='the working directory', prog=None):
     """Run BasicSR's ``kind`` pipeline ('train' or 'test') as described in the module docstring.
 
-    ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). Returns the exit status.
+    ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). A test run leaves out the test sets whose
+    folders are absent (``cli.evaluate.present_datasets_only``). Returns the exit status.
     """
     if argv is not None:
         sys.argv[1:] = list(argv)
     args = sys.argv[1:]
     if not args or '-h' in args or '--help' in args:
         help_parser(kind, prog).parse_args(args)  # prints help / a usage error and exits
-    opt_file = _opt_path(args)
+    if kind == 'test':
+        from lwsr_plugin.cli.evaluate import present_datasets_only
+        datasets = present_datasets_only(sys.argv)  # points -opt at a copy without the absent sets
+    else:
+        datasets = contextlib.nullcontext()
+    with datasets:
+        return _run(kind, sys.argv[1:], default_root, default_source)
+
+
+def _run(kind, args, default_root, default_source):
+    from lwsr_plugin.cli.checks import check_cli_options, opt_path
+    opt_file = opt_path(args)
     try:
         opt = load_yaml(opt_file)
     except OptionError as err:
@@ -85,8 +92,7 @@ def run(kind, argv=None, default_root=None, default_source='the working director
     root, source = output_root(opt, default_root or os.getcwd(), default_source)
 
     from lwsr_plugin import compat
-    from lwsr_plugin.cli.checks import check_cli_options
-    check_cli_options(args)
+    check_cli_options(args, opt)
     note = f'lwsr_plugin: outputs (experiments/, tb_logger/, results/) under {root} (from {source}).'
     if _is_rank0():
         print(note, flush=True)
@@ -105,10 +111,5 @@ def run_basicsr_script(kind, basicsr_root):
     if is_site_packages(basicsr_root):
         default, source = os.getcwd(), 'the working directory; BasicSR would have used site-packages'
     else:
-        default, source = basicsr_root, 'the BasicSR checkout that holds this train.py' if kind == 'train' else \
-            'the BasicSR checkout that holds this test.py'
-    if kind == 'test':
-        from lwsr_plugin.cli.evaluate import present_datasets_only
-        with present_datasets_only(sys.argv):
-            return run(kind, None, default, source)
+        default, source = basicsr_root, f'the BasicSR checkout that holds this {kind}.py'
     return run(kind, None, default, source)

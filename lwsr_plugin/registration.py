@@ -33,11 +33,15 @@ class UserModuleError(ImportError):
     """A ``user_modules`` entry that names nothing importable; the message names the entry and the fix."""
 
 
+def module_names(folder, suffixes):
+    """Sorted stems of the files in ``folder`` whose names end in ``suffixes`` (a string or tuple), hidden ones out."""
+    return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(suffixes) and not f.startswith('.'))
+
+
 def import_modules_with_suffix(package_name, folder, suffix):
     """Import ``<package>.<stem>`` for every ``<stem><suffix>`` file in ``folder`` (sorted), as BasicSR's own
     subpackages do: dropping a ``*_arch.py`` / ``*_model.py`` / ``*_loss.py`` file in the folder registers it."""
-    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(suffix) and not f.startswith('.'))
-    return [importlib.import_module(f'{package_name}.{name}') for name in names]
+    return [importlib.import_module(f'{package_name}.{name}') for name in module_names(folder, suffix)]
 
 
 def register():
@@ -110,7 +114,7 @@ def import_user_modules(entries, source=OPTION_USER_MODULES):
         if _is_path(entry):
             if os.path.isdir(entry):
                 _on_sys_path(entry)
-                names = sorted(f[:-3] for f in os.listdir(entry) if f.endswith(SUFFIXES) and not f.startswith('.'))
+                names = module_names(entry, SUFFIXES)
                 if not names:
                     raise UserModuleError(f'{source}: folder {entry!r} has no file ending in {", ".join(SUFFIXES)}. '
                                           'Name your modules like BasicSR does (e.g. tinysr_arch.py).')

@@ -10,12 +10,8 @@ import lwsr_plugin  # noqa: F401  (cheap; spawned DataLoader workers re-import t
 
 
 def main(argv=None):
-    from lwsr_plugin.cli.evaluate import present_datasets_only
     from lwsr_plugin.entry import run
-    if argv is not None:
-        sys.argv[1:] = list(argv)
-    with present_datasets_only(sys.argv):  # BasicSR's parse_options reads sys.argv
-        return run('test', None, prog='lwsr-test')
+    return run('test', argv, prog='lwsr-test')
 
 
 if __name__ == '__main__':

@@ -18,13 +18,14 @@ def _dataset_paths(opt, root):
                 yield f'datasets.{phase}.{key}', os.path.join(root, os.path.expanduser(str(v)))
 
 
-def check_options(opt_path, root=None):
-    """Validate the parts of an option file that BasicSR only discovers late. Returns the loaded dict."""
+def check_options(opt_path, root=None, opt=None):
+    """Validate the parts of an option file that BasicSR only discovers late (``opt``: the file already loaded).
+    Returns the loaded dict."""
     import torch
 
     from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
     root = root or os.getcwd()
-    opt = load_yaml(opt_path)
+    opt = load_yaml(opt_path) if opt is None else opt
     for key, path in _dataset_paths(opt, root):
         is_lmdb = path.rstrip('/').endswith('.lmdb')
         if not os.path.exists(path):
@@ -80,15 +81,21 @@ def _check_model_options(opt):
             raise OptionError(str(err)) from None
 
 
-def check_cli_options(argv=None):
-    """Run ``check_options`` on the ``-opt`` of a BasicSR command line; exit with the message on failure."""
+def opt_path(argv):
+    """The ``-opt`` value of a BasicSR command line (None when absent)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt', required=False)
-    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not args.opt:
+    return parser.parse_known_args(argv)[0].opt
+
+
+def check_cli_options(argv=None, opt=None):
+    """Run ``check_options`` on the ``-opt`` of a BasicSR command line (``opt``: that file already loaded); exit
+    with the message on failure."""
+    path = opt_path(sys.argv[1:] if argv is None else argv)
+    if not path:
         return None
     try:
-        return check_options(args.opt)
+        return check_options(path, opt=opt)
     except (OptionError, KeyError, TypeError, ValueError) as err:
         msg = err.args[0] if err.args else str(err)
-        sys.exit(f'lwsr_plugin: error in {args.opt}: {msg}')
+        sys.exit(f'lwsr_plugin: error in {path}: {msg}')
