@@ -106,6 +106,7 @@ setup(
             'lwsr-compare = lwsr_plugin.cli.compare:main',
             'lwsr-upscale = lwsr_plugin.cli.upscale:main',
             'lwsr-export = lwsr_plugin.cli.export:main',
+            'lwsr-reproduce = lwsr_plugin.cli.reproduce:main',
         ],
     },
     cmdclass=CMDCLASS,

@@ -108,6 +108,39 @@ def test_nonfinite_step_changes_nothing(tmp_path):
     assert any(not torch.equal(v, weights[k]) for k, v in model.net_g.state_dict().items())
 
 
+def test_accumulate_micro_batches_give_the_whole_batch_step(tmp_path):
+    """accumulate: 2 on a batch of 4 (two passes of 2) steps like one pass of 4; the logged loss is the batch's."""
+    batch = {'lq': torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)),
+             'gt': torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))}
+    whole, split = _model(tmp_path / 'a'), _model(tmp_path / 'b', accumulate=2)
+    split.net_g.load_state_dict(whole.net_g.state_dict())
+    for model in (whole, split):
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+    diff = max((a - b).abs().max().item() for a, b in zip(whole.net_g.parameters(), split.net_g.parameters()))
+    assert diff < 1e-6
+    assert abs(whole.log_dict['l_pix'] - split.log_dict['l_pix']) < 1e-6
+    before = [p.detach().clone() for p in split.net_g.parameters()]
+    split.feed_data({'lq': batch['lq'][:3], 'gt': batch['gt'][:3]})
+    with pytest.raises(SystemExit, match='cannot be split into train.accumulate: 2 equal micro-batches'):
+        split.optimize_parameters(2)
+    assert all(torch.equal(a, b) for a, b in zip(before, split.net_g.parameters()))
+
+
+def test_deterministic_option_sets_the_torch_flags():
+    from lwsr_plugin.models.fast_training import TrainingOptions
+    saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, \
+        torch.backends.cudnn.deterministic
+    try:
+        torch.backends.cudnn.benchmark = True  # as BasicSR's train.py sets it
+        TrainingOptions({'train': {'deterministic': True}}, torch.device('cpu')).apply_backend_flags()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
+
+
 def test_grad_clip_bounds_the_update(tmp_path):
     """grad_clip: the gradient norm the optimizer sees is at most max_norm."""
     model = _model(tmp_path, grad_clip=1e-3)
@@ -157,6 +190,8 @@ def test_huge_learning_rate_stops_with_message_and_finite_checkpoint(tmp_path, d
     ({'train.compile': 'fastest'}, "train.compile: 'fastest' is not a torch.compile mode"),
     ({'logger.save_format': 'ckpt'}, "logger.save_format: 'ckpt' is not a checkpoint format"),
     ({'train.grad_clip': 'big'}, "train.grad_clip: 'big' is not a number"),
+    ({'train.accumulate': 0}, 'train.accumulate: 0 must be a whole number >= 1'),
+    ({'train.accumulate': 1.5}, 'train.accumulate: 1.5 must be a whole number >= 1'),
     ({'model_type': 'LWSRModle'}, "model_type: 'LWSRModle' is not registered"),
 ])
 def test_bad_training_options_checked_before_start(tmp_path, datasets_dir, updates, message):

@@ -14,6 +14,12 @@ Option keys, under ``train`` (all optional; the defaults train exactly as BasicS
     grad_clip: ~          # max L2 norm of all gradients together (off when ~ or 0)
     tf32: true            # TF32 matmul/convolutions on CUDA GPUs (Ampere and later); false = full fp32
     max_nonfinite_steps: 10   # stop after this many non-finite steps in a row
+    accumulate: 1         # gradient accumulation: each iteration loads accumulate x batch_size_per_gpu samples per
+                          # process and runs that many forward/backward passes of batch_size_per_gpu before one
+                          # optimizer step (global batch = processes x batch_size_per_gpu x accumulate); iterations,
+                          # total_iter and the learning-rate schedule count optimizer steps
+    deterministic: false  # deterministic kernels (torch.use_deterministic_algorithms, cudnn.benchmark off): on a GPU
+                          # a resumed run then equals the uninterrupted one; CPU kernels are deterministic already
 
 and under ``val``: ``amp: false`` (validation in fp32 so PSNR is comparable; true = the training precision).
 
@@ -85,6 +91,17 @@ def _normalise_compile(value):
                               f'{list(COMPILE_MODES)}.')
 
 
+def accumulate_steps(train_opt):
+    """``train.accumulate`` as an int >= 1; TrainingOptionError naming the option otherwise."""
+    value = train_opt.get('accumulate', 1)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TrainingOptionError(f'train.accumulate: {value!r} must be a whole number >= 1 (micro-batches per '
+                                  'optimizer step; 1 = no accumulation).')
+    return value
+
+
 class TrainingOptions:
     """The parsed ``train`` keys above, and the pieces of a training step that depend on them."""
 
@@ -118,6 +135,8 @@ class TrainingOptions:
         if self.max_nonfinite < 1:
             raise TrainingOptionError('train.max_nonfinite_steps must be >= 1.')
         self.val_amp = bool(val_opt.get('amp', False))
+        self.accumulate = accumulate_steps(train_opt)
+        self.deterministic = bool(train_opt.get('deterministic', False))
         self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
@@ -125,13 +144,20 @@ class TrainingOptions:
     def describe(self):
         return (f'amp={self.amp or "off"}, channels_last={self.channels_last}, compile={self.compile or "off"}, '
                 f'grad_clip={self.grad_clip or "off"}, tf32={self.tf32 if self.device.type == "cuda" else "n/a"}, '
-                f'max_nonfinite_steps={self.max_nonfinite}')
+                f'max_nonfinite_steps={self.max_nonfinite}, accumulate={self.accumulate}, '
+                f'deterministic={self.deterministic}')
 
     # ----------------------------------------------------------------------------------------------- set-up
     def apply_backend_flags(self):
         if self.device.type == 'cuda':
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
+        if self.deterministic:
+            import os
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS' condition for reproducible GEMMs
+            torch.backends.cudnn.benchmark = False  # BasicSR's train.py turns it on; autotuning picks kernels per run
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True)
 
     def prepare_network(self, net):
         """Memory format of a bare network, before BasicSR wraps it in DDP (whose gradient buckets follow the
@@ -164,12 +190,22 @@ class TrainingOptions:
 
         Returns True when the optimizer stepped. Raises :class:`NonFiniteTrainingError` after too many skipped
         steps in a row."""
-        params = [p for p in params if p.grad is not None or p.requires_grad]
+        self.backward(loss)
+        return self.step(loss, optimizer, params, current_iter)
+
+    def backward(self, loss):
+        """Backward of one (micro-)batch loss, scaled by the GradScaler when there is one; gradients add up."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(optimizer)
         else:
             loss.backward()
+
+    def step(self, loss, optimizer, params, current_iter):
+        """Unscale, clip, and step on the gradients gathered by :meth:`backward`, unless ``loss`` (the step's total)
+        or any gradient is not finite. Returns True when the optimizer stepped."""
+        params = [p for p in params if p.grad is not None or p.requires_grad]
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
         grads = [p for p in params if p.grad is not None]
         # one fused norm over all gradients: it is not finite when any gradient is not
         norm = torch.nn.utils.clip_grad_norm_(grads, self.grad_clip if self.grad_clip > 0 else float('inf'),

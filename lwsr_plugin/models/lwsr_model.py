@@ -18,6 +18,7 @@ Test-time option keys (under ``val``, any test or training YAML with ``model_typ
 
 Validation during training uses the same options, on the plain (uncompiled) network.
 """
+import contextlib
 import os
 from collections import OrderedDict
 
@@ -78,6 +79,14 @@ class LWSRModel(SRModel):
         if ((self.opt.get('datasets') or {}).get('train') or {}).get('on_device'):
             self._device_batches()  # the set goes to the device now: a memory problem shows before iteration 1
         get_root_logger().info(f'Training options: {options.describe()}.')
+        if options.accumulate > 1:
+            train_set = self.opt['datasets']['train']
+            micro, world = train_set.get('micro_batch'), self.opt.get('world_size', 1)
+            get_root_logger().info(
+                f'Gradient accumulation: each iteration loads {train_set["batch_size_per_gpu"]} samples per process '
+                f'and runs {options.accumulate} forward/backward passes of {micro} before one optimizer step; global '
+                f'batch {world * train_set["batch_size_per_gpu"]} = {world} process(es) x {micro} x '
+                f'{options.accumulate}. Iterations and the learning-rate schedule count optimizer steps.')
 
     def feed_data(self, data):
         if 'index' in data and 'lq' not in data:  # InMemoryPairedImageDataset with on_device: the batch is cut here
@@ -115,16 +124,43 @@ class LWSRModel(SRModel):
     def optimize_parameters(self, current_iter):
         options = self.train_options
         self.optimizer_g.zero_grad(set_to_none=True)
-        with options.autocast():
-            forward = self.net_g if self._train_forward is None else self._train_forward
-            self.output = forward(self.lq)
-        l_total, loss_dict = self.compute_losses(self.output, self.gt)
-        stepped = options.backward_and_step(l_total, self.optimizer_g, self.net_g.parameters(), current_iter)
+        forward = self.net_g if self._train_forward is None else self._train_forward
+        if options.accumulate == 1:
+            with options.autocast():
+                self.output = forward(self.lq)
+            l_total, loss_dict = self.compute_losses(self.output, self.gt)
+            stepped = options.backward_and_step(l_total, self.optimizer_g, self.net_g.parameters(), current_iter)
+        else:
+            l_total, loss_dict = self._accumulate(forward, current_iter)
+            stepped = options.step(l_total, self.optimizer_g, self.net_g.parameters(), current_iter)
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if options.nonfinite_total:
             self.log_dict['nonfinite_steps'] = float(options.nonfinite_total)
         if stepped and self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _accumulate(self, forward, current_iter):
+        """Forward/backward of ``train.accumulate`` equal micro-batches of the fed batch, each loss divided by their
+        number so the gradients add up to the whole batch's mean; DDP all-reduces once, on the last one. Returns the
+        batch's total loss and its parts (means over the micro-batches)."""
+        options = self.train_options
+        k = options.accumulate
+        if self.lq.shape[0] % k:
+            raise SystemExit(f'lwsr_plugin: a training batch of {self.lq.shape[0]} samples cannot be split into '
+                             f'train.accumulate: {k} equal micro-batches at iter {current_iter}; the loader batch must '
+                             'be accumulate x batch_size_per_gpu (set by lwsr_plugin when the run starts).')
+        ddp = isinstance(self.net_g, torch.nn.parallel.DistributedDataParallel)
+        total, parts = 0.0, OrderedDict()
+        for i, (lq, gt) in enumerate(zip(self.lq.chunk(k), self.gt.chunk(k))):
+            with self.net_g.no_sync() if ddp and i < k - 1 else contextlib.nullcontext():
+                with options.autocast():
+                    self.output = forward(lq)
+                l_micro, micro_dict = self.compute_losses(self.output, gt)
+                options.backward(l_micro / k)
+            total = total + l_micro.detach() / k
+            for name, value in micro_dict.items():
+                parts[name] = parts.get(name, 0.0) + value.detach() / k
+        return total, parts
 
     # -------------------------------------------------------------------------------------------- checkpoints
     def save(self, epoch, current_iter):
@@ -151,12 +187,20 @@ class LWSRModel(SRModel):
                                                           'param_keys': ','.join(keys)})
 
     def save_training_state(self, epoch, current_iter):
-        with compat.extra_training_state(lwsr=self.train_options.state_dict()):
+        state = self.train_options.state_dict()
+        cutter = getattr(self, '_device_cutter', None)
+        if cutter is not None:  # on_device batches draw their crops from their own generator
+            state['device_batches'] = cutter.generator.get_state()
+        with compat.extra_training_state(lwsr=state):
             super().save_training_state(epoch, current_iter)
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
-        self.train_options.load_state_dict(resume_state.get('lwsr'))
+        state = resume_state.get('lwsr') or {}
+        self.train_options.load_state_dict(state)
+        cutter = getattr(self, '_device_cutter', None)
+        if cutter is not None and state.get('device_batches') is not None:
+            cutter.generator.set_state(state['device_batches'].cpu())  # a generator's state is a CPU tensor
 
     # ---------------------------------------------------------------------------------------------- inference
     def _inference(self, net):
@@ -180,6 +224,10 @@ class LWSRModel(SRModel):
         was_training = net.training
         net.eval()
         with torch.no_grad(), self.train_options.autocast(training=False):
-            self.output = self._inference(net).float()
+            from lwsr_plugin.fast import fast_inference_net
+            # the arch's fast inference form (the module's fp32 output, faster; lwsr_plugin.fast), rebuilt per call
+            # since training changes the weights; under autocast the plain net, as the forms run in their weights' dtype
+            fast = net if torch.is_autocast_enabled(self.device.type) else fast_inference_net(self.get_bare_model(net))
+            self.output = self._inference(fast).float()
         if was_training:
             net.train()
