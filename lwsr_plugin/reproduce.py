@@ -214,6 +214,10 @@ def build_options(recipe_name, options_dir, workdir, minutes, iters, seed, sched
     paper_batch = train_set.get('batch_size_per_gpu')
     if batch:
         train_set['batch_size_per_gpu'] = batch
+        # Caffe-style losses (IDN) sum over the batch and weight by 1 / batch: keep the per-sample weight
+        for loss in (opt['train'].get('pixel_opt'), (opt['train'].get('two_stage') or {}).get('pixel_opt')):
+            if loss and loss.get('reduction') == 'sum' and paper_batch:
+                loss['loss_weight'] = float(loss.get('loss_weight', 1.0)) * paper_batch / batch
         if schedule == 'cosine' and paper_batch:
             for key in [k for k in opt['train'] if k.startswith('optim_')]:
                 opt['train'][key]['lr'] = float(opt['train'][key]['lr']) * batch / paper_batch

@@ -160,3 +160,18 @@ def test_option_files_build():
         for ds in opt['datasets'].values():
             if ds['io_backend']['type'] == 'disk':  # benchmark folders: <name>x<s>.png
                 assert ds['filename_tmpl'] == f"{{}}x{opt['scale']}"
+
+
+def test_train_yamls_build_the_papers_half_activation_model():
+    """The shipped s-LWSR train YAMLs train the paper's final model ("half activation", §III-E / §IV-B): the 14 block
+    ReLUs the release marks are really gone (12 of 26 left), with the parameter count of the preset unchanged."""
+    files = sorted(glob.glob(os.path.join(REPO, 'options', 'train_sLWSR*.yml')))
+    assert len(files) == 5
+    for path in files:
+        with open(path) as f:
+            g = dict(yaml.safe_load(f)['network_g'])
+        assert g.get('act_removal') == 'official', path
+        net = build_network(g)
+        assert count_relus(net) == 12, path
+        plain = build_network({k: v for k, v in g.items() if k != 'act_removal'})
+        assert count_parameters(net) == count_parameters(plain), path

@@ -104,15 +104,15 @@ def acs_patch_size(size, padding):
     return half + padding - (half + padding) % 4
 
 
-def adaptive_crop_forward(forward, x, padding=16, multiple=4):
+def adaptive_crop_forward(forward, x, padding=32, multiple=4):
     """Adaptive cropping strategy (IMDN §3.3, Fig. 4, eqs. 6-8) for a network whose input sides must be multiples of
     ``multiple`` and whose output has the input's size.
 
     The image is covered by four overlapping corner patches of equal size ``floor(H/2) + Δl_H`` by
     ``floor(W/2) + Δl_W`` (a multiple of 4 by eq. 6); they go through ``forward`` as one batch, and each output
     quadrant is taken from the patch that holds it, so the extra increments are discarded. ``padding`` is the preset
-    extra length of eq. 8 (4k, k >= 1). Images too small for four such patches are replicate-padded to a multiple of
-    4 instead and cropped back.
+    extra length of eq. 8 (4k, k >= 1); 32 is the official test script's ``shave``. Images too small for four such
+    patches are replicate-padded to a multiple of 4 instead and cropped back.
     """
     if padding < 4 or padding % 4:
         raise ValueError(f'ACS padding must be 4k with k >= 1 (IMDN eq. 8), got {padding}.')
@@ -148,11 +148,12 @@ class IMDN_AS(_IMDNTrunk):
         num_block (int): Number of IMDBs. Default: 6.
         distill_rate (float): Channels kept per distillation step. Default: 0.25.
         neg_slope (float): LeakyReLU slope. Default: 0.05.
-        acs_padding (int): Preset extra length of ACS, eq. 8 (4k, k >= 1). Default: 16.
+        acs_padding (int): Preset extra length of ACS, eq. 8 (4k, k >= 1). Default: 32, the ``shave`` of the
+            official IMDN_AS test script (the paper gives no value), whose patch sizes this then reproduces.
     """
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=6, distill_rate=0.25, neg_slope=0.05,
-                 acs_padding=16):
+                 acs_padding=32):
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, 4, distill_rate, neg_slope)
         if acs_padding < 4 or acs_padding % 4:
             raise ValueError(f'IMDN_AS: network_g.acs_padding must be 4k with k >= 1 (eq. 8), got {acs_padding}.')
