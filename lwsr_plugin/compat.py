@@ -12,6 +12,8 @@
    ``lwsr_plugin.entry`` (the same run as ``lwsr-train``/``lwsr-test``) and exits with its status.
 6. Progress: a training log line with it/s and ETA at least every ``logger.progress_interval`` seconds (default 10),
    not only every ``print_freq`` iterations; ``lwsr-test`` shows BasicSR's per-set progress bar (``val.pbar``).
+7. Exact resume, the keyed data stream and ``train.accumulate``'s loader batch: :mod:`lwsr_plugin.training_state`,
+   installed from here.
 
 Nothing here edits BasicSR's files; every patch replaces a name at the place BasicSR looks it up, once.
 """
@@ -45,26 +47,55 @@ def default_backend():
     return 'nccl' if torch.cuda.is_available() and torch.cuda.device_count() > 0 else 'gloo'
 
 
-def init_dist(launcher, backend=None, **kwargs):
-    """Drop-in for ``basicsr.utils.dist_util.init_dist`` that also works without GPUs (gloo)."""
+def init_dist(launcher, backend=None, port=None, timeout=None, **kwargs):
+    """Drop-in for ``basicsr.utils.dist_util.init_dist``: ``pytorch`` (torchrun, one node or many) and ``slurm``
+    (srun tasks), nccl on GPUs, gloo on CPUs. ``backend``/``port``/``timeout`` come from the option file's
+    ``dist_params`` (BasicSR passes them for slurm only); ``LWSR_DIST_TIMEOUT`` (seconds) sets the timeout too.
+
+    Once the group exists, every rank checks that all ranks run the same options (``check_same_options``) and
+    resumes from the training state rank 0 picks (``load_resume_state_agreed``)."""
     import torch.multiprocessing as mp
     if mp.get_start_method(allow_none=True) is None:
         mp.set_start_method('spawn')
-    if launcher != 'pytorch':
-        return _original_init_dist(launcher, backend or 'nccl', **kwargs)
     if dist.is_available() and dist.is_initialized():
         return None
-    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
-        raise RuntimeError('--launcher pytorch needs the RANK/WORLD_SIZE environment of torchrun: start the job with '
-                           '`torchrun --nproc_per_node=N -m lwsr_plugin.train -opt X.yml --launcher pytorch`, or drop '
-                           '--launcher for a single process.')
+    if launcher == 'slurm':
+        slurm_environment(port)
+    elif launcher == 'pytorch':
+        if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+            raise RuntimeError('--launcher pytorch needs the RANK/WORLD_SIZE environment of torchrun: start the job '
+                               'with `torchrun --nproc_per_node=N -m lwsr_plugin.train -opt X.yml --launcher pytorch`, '
+                               'or drop --launcher for a single process.')
+    else:
+        raise ValueError(f'--launcher {launcher}: unknown launcher. Use pytorch (under torchrun) or slurm (srun).')
+    source = 'dist_params.backend' if backend else 'LWSR_DIST_BACKEND'
     backend = backend or default_backend()
     if backend == 'nccl':
-        if not torch.cuda.is_available():
-            raise RuntimeError('LWSR_DIST_BACKEND=nccl needs CUDA GPUs; none is visible. Use gloo on CPU.')
-        local_rank = int(os.environ.get('LOCAL_RANK', int(os.environ['RANK']) % torch.cuda.device_count()))
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, **kwargs)
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise RuntimeError(f'{source}=nccl needs CUDA GPUs; none is visible. Use gloo on CPU.')
+        # LOCAL_RANK, not RANK: on node 2 of a multi-node job RANK is past this node's GPUs; the modulo covers a
+        # scheduler that shows each task only its own GPU (CUDA_VISIBLE_DEVICES of one device)
+        local_rank = int(os.environ.get('LOCAL_RANK', os.environ['RANK']))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    timeout, option = (timeout, 'dist_params.timeout') if timeout else (os.environ.get('LWSR_DIST_TIMEOUT'),
+                                                                           'LWSR_DIST_TIMEOUT')
+    if timeout:
+        try:
+            kwargs['timeout'] = datetime.timedelta(seconds=float(timeout))
+        except (TypeError, ValueError):
+            raise SystemExit(f'lwsr_plugin: {option}: {timeout!r} is not a number of seconds. Give e.g. 1800.') \
+                from None
+    try:
+        if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True' and \
+                int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0')) > 0:
+            kwargs.update(restart_scoped_store(kwargs.get('timeout')))
+        dist.init_process_group(backend=backend, **kwargs)
+    except RuntimeError as err:  # torch's DistError (store timeouts, ports) and gloo's connect failures
+        raise SystemExit(_join_failure(launcher, err)) from None
+    check_same_options()
+    import basicsr.train as train_mod
+    if not hasattr(train_mod.load_resume_state, '_lwsr_agreed'):
+        train_mod.load_resume_state = load_resume_state_agreed(train_mod.load_resume_state)
 
 
 def model_to_device(self, net):
@@ -78,6 +109,212 @@ def model_to_device(self, net):
     elif self.opt['num_gpu'] > 1:
         net = torch.nn.DataParallel(net)
     return net
+
+
+def expand_nodelist(nodelist):
+    """The host names of a SLURM node list: ``n01``, ``a,b``, ``n[01-03,07]``, ``gpu[1-2]-ib,cpu5``,
+    ``r[1-2]n[01-02]``; ValueError for anything else."""
+    import re
+    parts = re.findall(r'(?:[^,\[\]]|\[[^\[\]]*\])+', nodelist)
+    if not parts or ','.join(parts) != nodelist:  # unbalanced brackets, empty names
+        raise ValueError(f'cannot read the node list {nodelist!r}')
+    return [host for part in parts for host in _expand_host(part)]
+
+
+def _expand_host(part):
+    import re
+    match = re.search(r'\[([^\]]*)\]', part)
+    if match is None:
+        return [part]
+    values = []
+    for item in match.group(1).split(','):
+        low, dash, high = item.partition('-')
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f'cannot read the range [{match.group(1)}]')
+        values += [f'{i:0{len(low)}d}' for i in range(int(low), int(high or low) + 1)]
+    tails = _expand_host(part[match.end():])
+    return [part[:match.start()] + value + tail for value in values for tail in tails]
+
+
+def slurm_environment(port=None):
+    """Under ``srun``: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for ``init_process_group`` from
+    SLURM's variables. MASTER_ADDR: kept when set (e.g. a fabric address), else the first host of the step's node
+    list, read here for the usual forms (``scontrol`` is asked only for others). MASTER_PORT: ``port``
+    (``dist_params.port``), else kept when set, else 20000 + job id modulo 20000, so two jobs sharing a node do not
+    collide on one port."""
+    import shutil
+    import subprocess
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS') if k not in os.environ]
+    nodelist = next((os.environ[k] for k in ('SLURM_STEP_NODELIST', 'SLURM_NODELIST', 'SLURM_JOB_NODELIST')
+                     if os.environ.get(k)), None)
+    if missing or (nodelist is None and 'MASTER_ADDR' not in os.environ):
+        raise SystemExit(f'lwsr_plugin: --launcher slurm: {", ".join(missing) or "SLURM_NODELIST"} not set; this is '
+                         'not an srun task. Start each task with `srun lwsr-train -opt X.yml --launcher slurm` '
+                         '(docs/distributed.md), or use --launcher pytorch under torchrun.')
+    if 'MASTER_ADDR' not in os.environ:
+        try:
+            os.environ['MASTER_ADDR'] = expand_nodelist(nodelist)[0]
+        except ValueError as err:
+            if shutil.which('scontrol') is None:
+                raise SystemExit(f'lwsr_plugin: --launcher slurm: {err} and scontrol is not installed; export '
+                                 'MASTER_ADDR=<host of task 0> in the job script.') from None
+            out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True, text=True)
+            os.environ['MASTER_ADDR'] = (out.stdout.split() or [''])[0]
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    elif 'MASTER_PORT' not in os.environ:
+        job = os.environ.get('SLURM_JOB_ID', '')
+        os.environ['MASTER_PORT'] = str(20000 + int(job) % 20000 if job.isdigit() else 29500)
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', os.environ['SLURM_PROCID'])
+
+
+def restart_scoped_store(timeout=None):
+    """``init_process_group`` arguments whose store keys are private to this restart of the worker group.
+
+    torchrun's agent keeps one TCPStore for every restart of a group (``TORCHELASTIC_USE_AGENT_STORE``), so a
+    restarted group can read the addresses the killed group published and fail to connect (gloo) or hang (nccl):
+    PyTorch issue #135712, seen here with torch 2.14.1 in 4 of 5 restarts on a loaded machine. On one node every
+    worker has the same ``TORCHELASTIC_RESTART_COUNT``, which then scopes the keys; across nodes it differs (an agent
+    that restarts because another node failed does not count it), so there the agent's store must not be shared."""
+    if os.environ.get('GROUP_WORLD_SIZE', '1') != '1':
+        raise SystemExit('lwsr_plugin: torchrun --max-restarts on several nodes needs '
+                         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment of every node's torchrun (PyTorch "
+                         "issue #135712: a restarted group reads the previous group's addresses and fails or hangs); "
+                         'export it and start again.')
+    store, rank, world_size = next(dist.rendezvous('env://', **({'timeout': timeout} if timeout else {})))
+    prefix = f"lwsr_restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return {'store': dist.PrefixStore(prefix, store), 'rank': rank, 'world_size': world_size}
+
+
+def _join_failure(launcher, err):
+    """One line for a process group that could not form (``init_process_group`` raised ``err``)."""
+    text = ' '.join(str(err).split())
+    addr = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    who = f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}"
+    if 'EADDRINUSE' in text or 'address already in use' in text:
+        fix = ('port {} is taken by another program on this host; pick a free one (MASTER_PORT, --master_port, or '
+               'dist_params.port)').format(os.environ.get('MASTER_PORT'))
+    elif 'timed out' in text.lower() or 'timeout' in text.lower():
+        fix = ('not every process arrived before the timeout (LWSR_DIST_TIMEOUT or dist_params.timeout, seconds); '
+               'check that every node was started, with the same MASTER_ADDR/port, and that it can reach that port')
+    else:
+        fix = 'check MASTER_ADDR/MASTER_PORT and that every node can reach them'
+    return f'lwsr_plugin: --launcher {launcher}: {who} could not join the process group at {addr}: {fix} ' \
+           f'({type(err).__name__}: {text[:200]}).'
+
+
+def _node_name():
+    import socket
+    node = os.environ.get('GROUP_RANK', os.environ.get('SLURM_NODEID'))
+    return f'node {node} ({socket.gethostname()})' if node is not None else socket.gethostname()
+
+
+def _flatten(value, prefix, out):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f'{prefix}.{key}' if prefix else str(key), out)
+    else:
+        out[prefix] = repr(value)
+    return out
+
+
+def options_fingerprint(argv=None):
+    """``(option file, {key: value})`` that every rank of a run must share: the option file as written plus the
+    command-line arguments, less the option file's path (nodes may mount it elsewhere) and ``--local_rank``."""
+    import argparse
+
+    from lwsr_plugin.options import OptionError, load_yaml
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt')
+    parser.add_argument('--local_rank', '--local-rank')
+    known, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        flat = _flatten(load_yaml(known.opt), '', {}) if known.opt else {}
+    except OptionError as err:
+        flat = {'<option file>': str(err)}
+    flat['<command line>'] = repr(' '.join(rest))
+    return known.opt, flat
+
+
+def check_same_options(argv=None):
+    """Stop every rank, with one line naming the first rank that differs and how, when the ranks of the process
+    group were not started with the same options (e.g. nodes holding different copies of the option file): they
+    would otherwise train different models, or hang in mismatched collectives."""
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    path, flat = options_fingerprint(argv)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (_node_name(), path, flat))
+    node0, path0, flat0 = gathered[0]
+    differing = [r for r, (_, _, f) in enumerate(gathered) if f != flat0]
+    if not differing:
+        return
+    rank = differing[0]
+    node, path_r, flat_r = gathered[rank]
+    keys = [k for k in list(flat0) + [k for k in flat_r if k not in flat0] if flat0.get(k) != flat_r.get(k)]
+    what = ', '.join(f'{k} ({flat_r.get(k, "absent")} vs {flat0.get(k, "absent")})' for k in keys[:3])
+    more = f' and {len(keys) - 3} more keys' if len(keys) > 3 else ''
+    others = f' ({len(differing) - 1} more ranks differ too)' if len(differing) > 1 else ''
+    message = (f'lwsr_plugin: the ranks were started with different options: rank {rank} on {node}, -opt {path_r}, '
+               f'differs from rank 0 on {node0}, -opt {path0}, in {what}{more}{others}. Start every node with the '
+               'same option file and arguments.')
+    dist.destroy_process_group()
+    raise SystemExit(message if os.environ.get('LOCAL_RANK', '0') == '0' else 1)
+
+
+def load_resume_state_agreed(load):
+    """``load`` (``load_resume_state`` as installed) with rank 0's choice of training state loaded by every rank.
+
+    With --auto_resume every rank would scan ``training_states/`` itself; ranks that see different files (a network
+    file system that shows a new file to one node first, or a folder that is not shared) would resume from different
+    iterations and hang in mismatched collectives. Rank 0 picks; the others load that very file, and a rank that
+    cannot read it stops the group with the fix (experiments/ on shared storage)."""
+
+    def load_resume_state(opt):
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return load(opt)
+        rank = dist.get_rank()
+        choice = [None, '']
+        if rank == 0:
+            try:
+                state = load(opt)
+            except BaseException as err:  # the others wait in the broadcast below: tell them before failing
+                choice[1] = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
+                dist.broadcast_object_list(choice, src=0)
+                raise
+            choice[0] = opt['path'].get('resume_state') if state is not None else None
+        dist.broadcast_object_list(choice, src=0)
+        path, failure = choice
+        if failure:
+            raise SystemExit(f'lwsr_plugin: rank {rank} stops: rank 0 could not load its training state ({failure}).')
+        error = ''
+        if rank != 0:
+            state = None
+            if path is not None:
+                auto = opt['auto_resume']
+                opt['auto_resume'], opt['path']['resume_state'] = False, path
+                try:
+                    state = load(opt)
+                except Exception as err:
+                    error = f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
+                finally:
+                    opt['auto_resume'] = auto
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, (_node_name(), error))
+        failed = [(r, node, e) for r, (node, e) in enumerate(errors) if e]
+        if failed:
+            r, node, e = failed[0]
+            raise SystemExit(f'lwsr_plugin: rank {r} on {node} cannot read {path}, the training state rank 0 resumes '
+                             f'from ({e[:200]}). Put experiments/ (path.root or LWSR_ROOT) on storage that every node '
+                             'mounts at the same path.')
+        return state
+
+    load_resume_state._lwsr_agreed = True
+    load_resume_state.__wrapped__ = load
+    return load_resume_state
 
 
 def _check_device(self):
@@ -94,6 +331,33 @@ def _wrap_base_init(original):
 
     __init__.__wrapped__ = original
     return __init__
+
+
+def all_finite(net):
+    """True when every floating-point parameter and buffer of ``net`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
+               if t.is_floating_point())
+
+
+def _wrap_sr_save(original):
+    """BasicSR's SRModel trains on through a NaN loss, writes all-NaN checkpoints and exits 0. A run whose weights are
+    no longer finite stops at its next save instead, and the last finite checkpoint stays the newest. (Plugin models
+    skip non-finite steps long before: ``train.max_nonfinite_steps``; their ``save`` never gets here with them.)"""
+
+    def save(self, epoch, current_iter):
+        nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
+        if not all(all_finite(self.get_bare_model(n)) for n in nets):
+            from basicsr.utils import get_root_logger
+            message = (f'lwsr_plugin: training stopped at iter {current_iter}: the network\'s weights are no longer '
+                       'finite (NaN/Inf), so no checkpoint was written; the newest one on disk holds the last finite '
+                       'weights. Likely causes: a learning rate too high (train.optim_g.lr) or corrupt training data. '
+                       'model_type: LWSRModel skips non-finite steps and stops with the iteration (docs/training.md).')
+            get_root_logger().error(message)
+            raise SystemExit(message)
+        return original(self, epoch, current_iter)
+
+    save.__wrapped__ = original
+    return save
 
 
 def _wrap_validation(original):
@@ -154,8 +418,31 @@ def load_resume_state(opt):
         opt['path']['resume_state'] = path
         check_resume(opt, resume_state['iter'])
         _resume_weights_format(opt)
+        problem = _unreadable_network_file(opt)
+        if problem:
+            if not opt['auto_resume']:
+                raise SystemExit(f'lwsr_plugin: path.resume_state: {path} needs {problem}. Pick an older state in '
+                                 'the same folder.')
+            print(f'lwsr_plugin: skipping training state {path}: {problem}; trying the previous one.',
+                  file=sys.stderr)
+            continue
         return resume_state
     return None
+
+
+def _unreadable_network_file(opt):
+    """'' when every network file a resume loads (``check_resume`` set them) is there and readable, else what is
+    wrong: a state whose weights were lost would otherwise end the resumed run in a traceback."""
+    for key, value in opt['path'].items():
+        if not key.startswith('pretrain_network') or not isinstance(value, str):
+            continue
+        if not os.path.isfile(value):
+            return f'{value}, which is missing'
+        try:
+            read_state_dict(value, None)
+        except Exception as err:  # any reader failure (truncated zip, bad safetensors header, ...) means unusable
+            return f'{value}, which cannot be read ({type(err).__name__})'
+    return ''
 
 
 def _resume_weights_format(opt):
@@ -166,15 +453,65 @@ def _resume_weights_format(opt):
             opt['path'][key] = value[:-4] + '.safetensors'
 
 
+class CheckpointWriteError(SystemExit):
+    """A checkpoint that could not be written (disk full, quota, I/O error). A ``SystemExit`` because BasicSR's save
+    loop catches ``Exception``, logs "Just ignore it" and trains on without checkpoints; this stops the run."""
+
+
+def remove_stale_tmp_files(path):
+    """Delete ``<name>.tmp-<pid>[.ext]`` files beside ``path`` whose process no longer exists (killed saves)."""
+    import re
+
+    from lwsr_plugin.data.lmdb_io import pid_alive
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(r'.+\.tmp-(\d+)(\.[A-Za-z0-9]+)?', name)
+        full = os.path.join(folder, name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))) and os.path.isfile(full):
+            with contextlib.suppress(OSError):
+                os.remove(full)
+
+
+def _write_failure(path, err):
+    import shutil
+    try:
+        free = f'{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.0f} MiB free there'
+    except OSError:
+        free = 'free space unknown'
+    cause = ' '.join(str(err).split())[:160]
+    return CheckpointWriteError(
+        f'lwsr_plugin: cannot write {path} ({type(err).__name__}: {cause}; {free}): stopped rather than train on '
+        'without checkpoints. The previous complete file is kept; free disk space (or set path.root on another disk) '
+        'and continue with --auto_resume.')
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # a full disk can surface only here (delayed allocation), before the rename makes it final
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj, f, *args, **kwargs):
     """``torch.save`` to a temp file renamed into place: a process killed while saving never leaves a truncated file
-    under the final name."""
+    under the final name, and the leftovers of killed saves beside it are removed. A failed write (full disk) raises
+    ``CheckpointWriteError`` (one line); the previous file under the final name stays as it was."""
     if not isinstance(f, (str, os.PathLike)):
         return torch.save(obj, f, *args, **kwargs)
-    tmp = f'{os.fspath(f)}.tmp-{os.getpid()}'
+    f = os.fspath(f)
+    remove_stale_tmp_files(f)
+    tmp = f'{f}.tmp-{os.getpid()}'
     try:
         torch.save(obj, tmp, *args, **kwargs)
+        _fsync(tmp)
         os.replace(tmp, f)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as RuntimeError('unexpected pos')
+        raise _write_failure(f, err) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -219,13 +556,37 @@ def require_safetensors(option):
         raise SystemExit(f'lwsr_plugin: {option} needs the safetensors package: pip install safetensors') from None
 
 
+def _safetensors_complete(path):
+    """True when the file holds as many bytes as its header says (a write to a full device can report success)."""
+    import json
+    import struct
+    size = os.path.getsize(path)
+    with open(path, 'rb') as fh:
+        head = fh.read(8)
+        n = struct.unpack('<Q', head)[0] if len(head) == 8 else size
+        if n > size - 8:
+            return False
+        header = json.loads(fh.read(n))
+    end = max((v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'), default=0)
+    return size == 8 + n + end
+
+
 def save_safetensors(tensors, path, metadata=None):
-    """``safetensors.torch.save_file`` to a temp name renamed into place (never a truncated file under ``path``)."""
+    """``safetensors.torch.save_file`` to a temp name renamed into place (never a truncated file under ``path``); a
+    failed write raises ``CheckpointWriteError`` as ``atomic_save`` does."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
+    path = os.fspath(path)
+    remove_stale_tmp_files(path)
     tmp = f'{path}.tmp-{os.getpid()}'
     try:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        _fsync(tmp)
+        if not _safetensors_complete(tmp):
+            raise OSError(28, 'the file is shorter than its header says (No space left on device?)')
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:  # SafetensorError carries the OS error as text
+        raise _write_failure(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -235,7 +596,11 @@ def _read_safetensors(load_path, param_key):
     """A plugin ``.safetensors`` checkpoint (keys ``params.<name>``, ``params_ema.<name>``) or a plain one."""
     require_safetensors(f'reading {load_path}')
     from safetensors.torch import load_file
-    flat = load_file(load_path, device='cpu')
+    try:
+        flat = load_file(load_path, device='cpu')
+    except Exception as err:  # SafetensorError, or what a mangled header makes the loader raise
+        raise ValueError(f'{load_path}: not a readable .safetensors file ({_one_line(err)}); the file is damaged or '
+                         'of another format. Give a BasicSR .pth / .safetensors network file.') from None
     groups = {}
     for key, value in flat.items():
         prefix, _, name = key.partition('.')
@@ -246,19 +611,49 @@ def _read_safetensors(load_path, param_key):
     return flat, None  # a plain state dict saved by someone else
 
 
+def _one_line(err, limit=160):
+    """``Type: first meaningful line`` of a loader's error; torch's weights-only refusal buries the cause (e.g.
+    ``Unsupported global: GLOBAL posix.system``) after a paragraph of advice."""
+    import re
+    text = re.sub(r'Weights only load failed\..*?trusted source\.', '', str(err), flags=re.S)
+    text = re.sub(r'Please file an issue.*?WeightsUnpickler error:', '', text, flags=re.S)
+    text = re.sub(r'Check the documentation of torch\.load.*', '', text, flags=re.S)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), '') or str(err).strip()[:limit]
+    return f'{type(err).__name__}: {line[:limit]}'
+
+
+def _check_tensors(load_path, state):
+    """The loaded object must be a flat {name: tensor} dict of finite values (a diverged run saves NaN weights that
+    would silently give black images or NaN losses)."""
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f'{load_path}: holds {type(state).__name__ if state is not None else "nothing"}, not a '
+                         'state dict of tensors. Give a BasicSR .pth / .safetensors network file.')
+    for name, value in state.items():
+        if not isinstance(name, str) or not torch.is_tensor(value):
+            raise ValueError(f'{load_path}: entry {str(name)[:60]!r} is a {type(value).__name__}, not a tensor: not a '
+                             'network checkpoint. Give a BasicSR .pth / .safetensors network file.')
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f'{load_path}: {name} holds {bad} NaN/Inf values of {value.numel()}; the run that '
+                                 'saved it had diverged. Use an earlier checkpoint of that run (saved before its loss '
+                                 'became NaN).')
+
+
 def read_state_dict(load_path, param_key='params'):
     """The state dict in a checkpoint: under ``param_key`` (BasicSR's files), ``params``, or the root of a plain state
-    dict (official releases); ``module.`` prefixes stripped. ``.pth`` files are read weights-only (no code runs);
-    ``.safetensors`` files as the plugin writes them. Returns (state_dict, key used)."""
+    dict (official releases); ``module.`` prefixes stripped. ``.pth`` files are read weights-only whatever
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only=True`` wins over it: no code in a pickle
+    runs); ``.safetensors`` files as the plugin writes them. Damaged files, non-tensor contents and NaN/Inf weights
+    raise ValueError with one line. Returns (state_dict, key used)."""
     if str(load_path).endswith('.safetensors'):
         load_net, param_key = _read_safetensors(load_path, param_key)
     else:
         try:
             load_net = torch.load(load_path, map_location='cpu', weights_only=True)
         except Exception as err:
-            raise ValueError(f'{load_path} cannot be read as a weights-only checkpoint ({type(err).__name__}: '
-                             f'{str(err).splitlines()[0][:200]}). Give a BasicSR .pth / .safetensors network '
-                             'file.') from None
+            raise ValueError(f'{load_path}: not a readable weights-only checkpoint ({_one_line(err)}); nothing in it '
+                             'was run. Give a BasicSR .pth / .safetensors network file.') from None
         if param_key is not None and isinstance(load_net, dict):
             if param_key in load_net:
                 load_net = load_net[param_key]
@@ -269,6 +664,7 @@ def read_state_dict(load_path, param_key='params'):
             else:
                 raise KeyError(f'{load_path} has no {param_key!r} entry (keys: {list(load_net)[:5]}). Set param_key_g '
                                'to one of its keys, or to ~ for a plain state dict.')
+    _check_tensors(load_path, load_net)
     return {(k[7:] if k.startswith('module.') else k): v for k, v in load_net.items()}, param_key
 
 
@@ -381,6 +777,9 @@ def _wrap_parse_options(original):
             from lwsr_plugin.entry import run_basicsr_script
             sys.exit(run_basicsr_script('train' if is_train else 'test', root_path))
         opt, args = original(root_path, is_train)
+        if is_train:
+            from lwsr_plugin.training_state import apply_accumulate
+            apply_accumulate(opt)
         if _RUN.get('kind') == 'test' and isinstance(opt.get('val'), dict):
             opt['val'].setdefault('pbar', True)  # BasicSR's own per-image tqdm bar, off by default
         return opt, args
@@ -500,6 +899,7 @@ def apply():
     _options.parse_options = parse_options  # before basicsr.train/test import the name (and __main__ scripts)
     import basicsr.archs
     import basicsr.models.sr_model as _sr_model
+    _sr_model.SRModel.save = _wrap_sr_save(_sr_model.SRModel.save)
     wrapped = _wrap_build_network(basicsr.archs.build_network)
     for module in [basicsr.archs, _sr_model] + [m for n, m in sys.modules.items() if n.startswith('basicsr.models.')]:
         if getattr(module, 'build_network', None) is wrapped.__wrapped__:
@@ -507,6 +907,8 @@ def apply():
     import basicsr.test as test_mod
     import basicsr.train as train_mod
     train_mod.load_resume_state = load_resume_state
+    from lwsr_plugin import training_state
+    training_state.install()  # exact resume and the keyed data stream; wraps the load_resume_state just set
     for mod in (train_mod, test_mod):
         mod.parse_options = parse_options
         mod.get_root_logger = _wrap_get_root_logger(_logger.get_root_logger)

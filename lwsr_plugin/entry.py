@@ -6,7 +6,10 @@ that every entry point behaves the same:
 2. the option file's ``user_modules`` are imported (your archs, models, losses, datasets; see ``registration``);
 3. the option file is checked (``cli.checks``): a mistake fails in one line before anything is written;
 4. the output root is chosen (``options.output_root``) and stated, on stdout and as the first line of the log file;
-5. BasicSR's pipeline runs, with every ``compat`` fix (CPU/gloo torchrun, resume on CPU, atomic checkpoints, ...).
+5. BasicSR's pipeline runs, with every ``compat`` fix (CPU/gloo torchrun, resume on CPU, atomic checkpoints, ...);
+6. whatever still fails is one line on stderr (exit status 2 for a refused option file or command line, 1 for a run
+   that stopped), with the traceback only under ``--debug`` (or ``LWSR_DEBUG=1``). An image that cannot be decoded
+   mid-run is named, and stops the run or, with ``datasets.<phase>.on_corrupt: skip``, is left out.
 
 Light at module level (no torch): the heavy imports happen after ``--help`` and the option file were read.
 """
@@ -45,7 +48,8 @@ several processes (GPUs with nccl, CPU cores with gloo):
     if kind == 'train':
         parser.add_argument('--auto_resume', action='store_true',
                             help='continue from the newest experiments/<name>/training_states/*.state')
-    parser.add_argument('--debug', action='store_true', help="prefix the run's name with debug_ (no tb_logger)")
+    parser.add_argument('--debug', action='store_true',
+                        help="prefix the run's name with debug_ (no tb_logger), and show tracebacks of failures")
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
                         help='override option-file values, e.g. train:ema_decay=0.999')
@@ -53,7 +57,7 @@ several processes (GPUs with nccl, CPU cores with gloo):
 
 
 def _is_rank0():
-    return os.environ.get('RANK', '0') == '0'
+    return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'  # srun tasks get RANK later
 
 
 def run(kind, argv=None, default_root=None, default_source='the working directory', prog=None):
@@ -76,32 +80,156 @@ def run(kind, argv=None, default_root=None, default_source='the working director
         return _run(kind, sys.argv[1:], default_root, default_source)
 
 
+def _refuse(message):
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def _run(kind, args, default_root, default_source):
     from lwsr_plugin.cli.checks import check_cli_options, opt_path
     opt_file = opt_path(args)
+    if not opt_file:
+        help_parser(kind).parse_args(args)  # -opt missing: argparse's usage line, status 2
     try:
         opt = load_yaml(opt_file)
     except OptionError as err:
-        sys.exit(f'lwsr_plugin: {err}')
+        _refuse(f'lwsr_plugin: {err}')
     from lwsr_plugin.registration import OPTION_USER_MODULES, UserModuleError, import_user_modules, register
     register()
     try:
         import_user_modules(opt.get(OPTION_USER_MODULES) or [], source=f'{opt_file}: {OPTION_USER_MODULES}')
     except UserModuleError as err:
-        sys.exit(f'lwsr_plugin: {err}')
+        _refuse(f'lwsr_plugin: {err}')
     root, source = output_root(opt, default_root or os.getcwd(), default_source)
 
     from lwsr_plugin import compat
-    check_cli_options(args, opt)
+    check_cli_options(args, opt, kind)
     note = f'lwsr_plugin: outputs (experiments/, tb_logger/, results/) under {root} (from {source}).'
     if _is_rank0():
         print(note, flush=True)
     module, func = PIPELINES[kind].split(':')
     import importlib
     pipeline = getattr(importlib.import_module(module), func)
-    with compat.run_settings(root_note=note, kind=kind):
-        pipeline(root)
+    guard_dataset_reads()
+    atomic_result_images()
+    try:
+        with compat.run_settings(root_note=note, kind=kind):
+            pipeline(root)
+    except Exception as err:  # noqa: BLE001  (every failure becomes one line; --debug shows the stack)
+        if '--debug' in args or os.environ.get('LWSR_DEBUG', '') not in ('', '0'):
+            raise
+        print(f'lwsr_plugin: {"training" if kind == "train" else "testing"} stopped: {one_line(err)} '
+              '(the same command with --debug shows the traceback)', file=sys.stderr)
+        return 1
     return 0
+
+
+def one_line(err):
+    """``Type: first line of the message`` of ``err``; for an error re-raised from a DataLoader worker (whose message
+    is the worker's whole traceback), the worker's own exception line."""
+    import re
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if 'Original Traceback' in text and lines:
+        name, _, msg = lines[-1].partition(': ')
+        return f'{name.rsplit(".", 1)[-1]}: {msg}'[:600]
+    # torch's weights-only refusal wraps its one-line cause in a paragraph of advice that does not apply here
+    text = re.sub(r'Weights only load failed\..*?WeightsUnpickler error:', 'weights-only load refused:', text,
+                  flags=re.S)
+    text = re.sub(r'Check the documentation of torch\.load.*?\.html\.?', '', text, flags=re.S)
+    return f'{type(err).__name__}: {" ".join(text.split())}'[:600]
+
+
+class DatasetReadError(RuntimeError):
+    """An image of a dataset that cannot be read or decoded, named with its option and the fix."""
+
+
+def _unreadable(dataset, index):
+    """The GT or LQ file (or LMDB key) of pair ``index`` that does not decode, or None when both do."""
+    import cv2
+    import numpy as np
+    client = getattr(dataset, 'file_client', None)
+    if client is None:
+        return None
+    for key, client_key in (('gt_path', 'gt'), ('lq_path', 'lq')):
+        path = dataset.paths[index][key]
+        try:
+            raw = client.get(path, client_key)
+        except Exception:  # noqa: BLE001  (an unreadable file is what is looked for)
+            return path
+        if raw is None or cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+            if type(getattr(client, 'client', None)).__name__ == 'LmdbBackend':  # BasicSR popped io_backend.type
+                return f'record {path!r} of {dataset.opt["dataroot_" + client_key]}'
+            return path
+    return None
+
+
+def atomic_result_images():
+    """BasicSR's ``imwrite`` (validation/test images under ``visualization/`` and ``results/``) through a temporary
+    name in the same folder, renamed when complete: a killed ``lwsr-test`` leaves no truncated PNG under a final name.
+    Replaced wherever a BasicSR or plugin module imported the name."""
+    from basicsr.utils import img_util
+    original = img_util.imwrite
+    if getattr(original, '_lwsr_atomic', False):
+        return
+
+    def imwrite(img, file_path, params=None, auto_mkdir=True):
+        from lwsr_plugin.compat import remove_stale_tmp_files
+        if auto_mkdir:
+            os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
+        remove_stale_tmp_files(file_path)
+        tmp = f'{file_path}.tmp-{os.getpid()}{os.path.splitext(file_path)[1]}'  # cv2 picks the codec by extension
+        try:
+            ok = original(img, tmp, params, auto_mkdir)
+            os.replace(tmp, file_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return ok
+
+    imwrite._lwsr_atomic = True
+    imwrite.__wrapped__ = original
+    for name, module in list(sys.modules.items()):
+        if (name.startswith(('basicsr', 'lwsr_plugin')) and module is not None and
+                getattr(module, 'imwrite', None) is original):
+            module.imwrite = imwrite
+
+
+def guard_dataset_reads():
+    """Make BasicSR's ``PairedImageDataset`` (and the plugin datasets built on it) name an image that cannot be
+    decoded instead of failing with ``'NoneType' object has no attribute 'astype'``; with
+    ``datasets.<phase>.on_corrupt: skip`` such pairs are left out (each named once in the log) and the next pair is
+    used. Forked DataLoader workers inherit the patch; spawned ones (--launcher pytorch) report the plain error."""
+    from basicsr.data.paired_image_dataset import PairedImageDataset
+    original = PairedImageDataset.__getitem__
+    if getattr(original, '_lwsr_guard', False):
+        return
+
+    def __getitem__(self, index):
+        skipped = self.__dict__.setdefault('_lwsr_skipped', set())
+        for _ in range(len(self)):
+            try:
+                return original(self, index)
+            except Exception:
+                bad = _unreadable(self, index)
+                if bad is None:
+                    raise
+            phase = self.opt.get('phase', 'train')
+            if self.opt.get('on_corrupt', 'stop') != 'skip':
+                raise DatasetReadError(f'datasets.{phase}: {bad} cannot be decoded (truncated or corrupt image). '
+                                       f'Replace the file, or set `datasets.{phase}.on_corrupt: skip` to leave such '
+                                       'pairs out.') from None
+            if bad not in skipped:
+                skipped.add(bad)
+                from basicsr.utils import get_root_logger
+                get_root_logger().warning(f'datasets.{phase}: skipping {bad}: cannot be decoded (on_corrupt: skip).')
+            index = (index + 1) % len(self)
+        raise DatasetReadError(f'datasets.{self.opt.get("phase", "train")}: no pair of the set can be decoded. Check '
+                               'dataroot_gt and dataroot_lq.')
+
+    __getitem__._lwsr_guard = True
+    __getitem__.__wrapped__ = original
+    PairedImageDataset.__getitem__ = __getitem__
 
 
 def run_basicsr_script(kind, basicsr_root):

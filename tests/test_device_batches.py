@@ -206,5 +206,5 @@ def test_basicsr_training_run(tmp_path, datasets_dir):
     assert '(Set5_train): 5 GT/LQ pairs' in out and 'mapped in place; training batches are cut on cpu.' in out
     models = glob.glob(str(tmp_path / 'experiments' / 'tiny_imdn' / 'models' / '*'))
     assert {os.path.basename(m) for m in models} >= {'net_g_3.pth', 'net_g_latest.pth'}, models
-    state = torch.load(os.path.join(os.path.dirname(models[0]), 'net_g_3.pth'), map_location='cpu')
+    state = torch.load(os.path.join(os.path.dirname(models[0]), 'net_g_3.pth'), map_location='cpu', weights_only=True)
     assert all(torch.isfinite(v).all() for v in state['params'].values())

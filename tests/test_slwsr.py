@@ -47,7 +47,7 @@ def test_mean_shift_is_neither_parameter_nor_buffer():
 
 
 def test_official_checkpoint_strict_and_reference(shared):
-    state = torch.load(shared(*CKPT), map_location='cpu')
+    state = torch.load(shared(*CKPT), map_location='cpu', weights_only=True)
     assert {'sub_mean.weight', 'sub_mean.bias', 'add_mean.weight', 'add_mean.bias'} <= set(state)
     net = SLWSR(num_feat=32, upscale=4).eval()
     net.load_state_dict(state, strict=True)

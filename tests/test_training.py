@@ -92,9 +92,10 @@ def test_torchrun_two_processes_gloo_identical_weights(tmp_path, datasets_dir):
     assert 'rank 0 done, DDP=DistributedDataParallel' in out and 'rank 1 done, DDP=DistributedDataParallel' in out
     assert 'World size (gpu number): 2' in out
     assert out.count('# psnr:') >= 2  # rank-0 validation ran at iters 2 and 4 without desync
-    w0 = torch.load(os.path.join(work, 'rank0_net_g.pth'))
-    w1 = torch.load(os.path.join(work, 'rank1_net_g.pth'))
-    init = torch.load(os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_2.pth'))['params']
+    w0 = torch.load(os.path.join(work, 'rank0_net_g.pth'), weights_only=True)
+    w1 = torch.load(os.path.join(work, 'rank1_net_g.pth'), weights_only=True)
+    init = torch.load(os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_2.pth'),
+                      weights_only=True)['params']
     assert w0.keys() == w1.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k

@@ -23,15 +23,45 @@ def export_onnx(net, path, in_ch, opset=17, sample_hw=(32, 32)):
     import torch
     sample = torch.rand(1, in_ch, *sample_hw)
     axes = {0: 'batch', 2: 'height', 3: 'width'}
+    from lwsr_plugin.compat import remove_stale_tmp_files
+    remove_stale_tmp_files(path)  # temporaries of killed exports
     tmp = f'{path}.tmp-{os.getpid()}.onnx'
     try:
         torch.onnx.export(net, (sample, ), tmp, input_names=['input'], output_names=['output'], opset_version=opset,
                           dynamic_axes={'input': axes, 'output': axes}, dynamo=False)
+        _check_complete(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _check_complete(path):
+    """fsync ``path`` and parse it back: a disk that filled up during the export must not pass as a model."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        import onnx
+    except ImportError:  # onnx is an extra: without it the file is renamed unchecked (the export itself raised nothing)
+        return
+    try:
+        onnx.load_model(path, load_external_data=False)
+    except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
+        raise OSError(28, f'the written file does not parse back ({type(err).__name__}); disk full?') from None
+
+
+def _same_file(a, b):
+    """True when path ``b`` is, or resolves to (symlink, ``..``, hard link), the existing file ``a``."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def median_time(fn, repeats=5):
@@ -65,15 +95,19 @@ def check_onnx(net, path, x, repeats=5, session=None):
 
 
 def image_tensor(path, in_ch):
-    """An image file (8- or 16-bit) as the network's input: RGB [0, 1], or its Y channel for 1-channel models."""
+    """An image file (8- or 16-bit) as the network's input, as ``lwsr-upscale`` feeds it: RGB [0, 1], or its Y channel
+    for 1-channel models; a grey image is luma (its own Y; R = G = B for an RGB model), docs/evaluation.md."""
     import numpy as np
     import torch
 
     from basicsr.utils.color_util import bgr2ycbcr
     img = read_any(path)
     img = img.astype(np.float32) / np.iinfo(img.dtype).max
-    img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-    planes = bgr2ycbcr(img, y_only=True)[..., None] if in_ch == 1 else img[..., ::-1]
+    if img.ndim == 2:
+        planes = img[..., None] if in_ch == 1 else np.repeat(img[..., None], 3, axis=2)
+    else:
+        img = img[..., :3]
+        planes = bgr2ycbcr(img, y_only=True)[..., None] if in_ch == 1 else img[..., ::-1]
     return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
 
 
@@ -97,6 +131,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for label, item in [('--ckpt', args.ckpt), ('--opt', args.opt)] + [('--check-image', p) for p in
+                                                                       args.check_image or []]:
+        if item and _same_file(item, args.output):
+            print(f'lwsr-export: -o {args.output} is (or leads to) the input {label} {item}; writing it would destroy '
+                  'the input. Give another output name, e.g. model.onnx.', file=sys.stderr)
+            return 2
     import torch
 
     from lwsr_plugin.inference import InferenceError, _in_channels, load_model, network_options
@@ -114,8 +154,13 @@ def main(argv=None):
         except InferenceError as err:
             print(f'lwsr-export: --check-image {path}: {err}', file=sys.stderr)
             return 2
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    export_onnx(net, args.output, in_ch, args.opset)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        export_onnx(net, args.output, in_ch, args.opset)
+    except OSError as err:  # full disk, unwritable folder: the temporary file is gone, no partial .onnx remains
+        print(f'lwsr-export: cannot write {args.output} ({err.strerror or err}); nothing was written under that name. '
+              'Free disk space or choose a writable path.', file=sys.stderr)
+        return 1
     print(f'lwsr-export: wrote {args.output} ({type(net).__name__}, input N x {in_ch} x H x W, dynamic H/W)')
     if args.no_check:
         return 0

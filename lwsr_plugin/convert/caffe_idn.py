@@ -82,15 +82,21 @@ def _blob(buf):
             shape = [d for f, w, v in _fields(value) if f == 1 for d in _packed_varints(v, w)]
         elif field in (1, 2, 3, 4) and wire == 0:
             legacy[field] = value
-        elif field == 5:
-            data.append(np.frombuffer(bytes(value), '<f4'))  # packed (wire 2) or one fixed32 value (wire 5)
-        elif field == 8:
-            data.append(np.frombuffer(bytes(value), '<f8').astype(np.float32))
+        elif field in (5, 8):
+            width = 4 if field == 5 else 8
+            if wire not in (1, 2, 5) or len(value) % width:
+                raise CaffeModelError(f'blob data of {len(value)} bytes is not a whole number of '
+                                      f'{width}-byte floats (file damaged?)')
+            # packed (wire 2) or one fixed value (wire 5 / 1)
+            data.append(np.frombuffer(bytes(value), '<f4' if width == 4 else '<f8').astype(np.float32))
     if shape is None:
         shape = [legacy.get(i, 1) for i in (1, 2, 3, 4)]
     arr = np.concatenate(data) if data else np.zeros(0, np.float32)
-    if arr.size != int(np.prod(shape)):
-        raise CaffeModelError(f'blob has {arr.size} values for shape {shape} (file truncated?)')
+    expected = 1
+    for d in shape:  # Python ints: a corrupt dim must not overflow NumPy's int64 product into a match
+        expected *= d
+    if arr.size != expected or len(shape) > 8:
+        raise CaffeModelError(f'blob has {arr.size} values for shape {shape[:8]} (file truncated?)')
     return arr.reshape(shape)
 
 
@@ -107,7 +113,7 @@ def read_caffemodel(path):
     with open(path, 'rb') as f:
         buf = memoryview(f.read())
     if len(buf) == 0:
-        raise CaffeModelError(f'{path}: empty file.')
+        raise CaffeModelError(f'{path}: empty file. Download the .caffemodel again.')
     layers = OrderedDict()
     try:
         for field, wire, value in _fields(buf):
@@ -128,7 +134,10 @@ def read_caffemodel(path):
             if blobs:
                 layers[name] = {'type': ltype, 'blobs': blobs, 'stride': stride}
     except CaffeModelError as err:
-        raise CaffeModelError(f'{path}: cannot parse as a .caffemodel: {err}') from None
+        raise CaffeModelError(f'{path}: cannot parse as a .caffemodel: {err}. Download the file again.') from None
+    except (ValueError, TypeError, OverflowError, MemoryError) as err:  # NumPy on a damaged blob
+        raise CaffeModelError(f'{path}: cannot parse as a .caffemodel: damaged blob ({type(err).__name__}: '
+                              f'{str(err)[:120]}). Download the file again.') from None
     if not layers:
         raise CaffeModelError(f'{path}: no layer with weights found: not a .caffemodel (or an empty net).')
     return layers
@@ -165,7 +174,8 @@ def convert_idn_caffemodel(path, scale=None):
     mapping = idn_key_map(num_block)
     missing = [n for n in mapping if n not in layers]
     extra = [n for n in layers if n not in mapping]
-    if missing or extra or num_block < 1:
+    if missing or extra or num_block < 1 or len(layers['conv1']['blobs'][0].shape) != 4 or \
+            len(layers['upsample']['blobs'][0].shape) != 4:
         raise CaffeModelError(f'{path}: not an IDN caffemodel: missing layers {missing}, unexpected layers {extra}.')
     stride = layers['upsample']['stride']
     if scale is not None and int(scale) != stride:
@@ -181,6 +191,10 @@ def convert_idn_caffemodel(path, scale=None):
         blobs = layers[cname]['blobs']
         if len(blobs) != 2:
             raise CaffeModelError(f'{path}: layer {cname} has {len(blobs)} blobs, expected weight and bias.')
+        bad = sum(int((~np.isfinite(b)).sum()) for b in blobs)
+        if bad:
+            raise CaffeModelError(f'{path}: layer {cname} holds {bad} NaN/Inf values: the file is damaged. Download '
+                                  'the official .caffemodel again.')
         state[f'{prefix}.weight'] = torch.from_numpy(np.ascontiguousarray(blobs[0], dtype=np.float32))
         state[f'{prefix}.bias'] = torch.from_numpy(np.ascontiguousarray(blobs[1], dtype=np.float32).reshape(-1))
     _check_against_arch(path, state, kwargs)
@@ -191,7 +205,7 @@ def _check_against_arch(path, state, kwargs):
     from ..archs.idn_arch import IDN
     try:
         reference = IDN(**kwargs).state_dict()
-    except ValueError as err:
+    except (ValueError, TypeError, RuntimeError) as err:  # sizes read from a damaged file can be nonsense
         raise CaffeModelError(f'{path}: not an IDN caffemodel: {err}') from None
     bad = [f'{k}: {tuple(v.shape)} vs {tuple(reference[k].shape)}' for k, v in state.items()
            if tuple(v.shape) != tuple(reference[k].shape)]
@@ -207,6 +221,16 @@ def save_basicsr_pth(state, out_path):
     return out_path
 
 
+def same_file(a, b):
+    """True when path ``b`` is, or resolves to (symlink, ``..``, hard link), the file ``a``."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: they cannot be the same file
+        return False
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Convert an official IDN .caffemodel into a BasicSR .pth (params key) for the plugin IDN.')
@@ -219,12 +243,24 @@ def parse_args(argv=None):
 def main(argv=None):
     """Console command ``lwsr-convert-idn``; returns the exit status (1 for a file that is not an IDN model)."""
     args = parse_args(argv)
+    if same_file(args.caffemodel, args.output):
+        print(f'error: output {args.output} is the input {args.caffemodel}; writing it would destroy the input. '
+              'Give another output name (e.g. IDN_x4.pth).', file=sys.stderr)
+        return 2
     try:
         state, kwargs = convert_idn_caffemodel(args.caffemodel, args.scale)
     except (CaffeModelError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    save_basicsr_pth(state, args.output)
+    try:
+        save_basicsr_pth(state, args.output)
+    except OSError as err:  # e.g. the output folder cannot be created
+        print(f'error: cannot write {args.output} ({err.strerror or err}). Choose a writable output path.',
+              file=sys.stderr)
+        return 2
+    except SystemExit as err:  # compat.CheckpointWriteError: disk full while writing
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     print(f'wrote {args.output}: {sum(v.numel() for v in state.values()):,} parameters, network_g: '
           f'{{type: IDN, upscale: {kwargs["upscale"]}}}')
     return 0

@@ -13,7 +13,7 @@ import time
 from functools import partial
 
 from .images import DataPrepError, check_keys, list_images, mod_crop, read_image, scan_sizes
-from .lmdb_io import check_targets, publish, tmp_path
+from .lmdb_io import check_targets, publish, refuse_output_on_input, tmp_path
 from .pipeline import add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, report_throughput, \
     run_jobs
 
@@ -52,8 +52,7 @@ def run(argv=None):
     """Entry point body."""
     args = parse_args(argv)
     out = os.path.abspath(args.out)
-    if os.path.abspath(args.hr).startswith(out + os.sep) or os.path.abspath(args.hr) == out:
-        raise DataPrepError(f'{args.hr}: the input lies inside --out {args.out}, which would be replaced')
+    refuse_output_on_input([out], [args.hr])
     keys = check_keys(list_images(args.hr))
     if args.hr_mod < 0:
         raise DataPrepError(f'--hr-mod {args.hr_mod}: must be 0 (the largest scale) or positive')

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import lmdb
 
 from .images import DataPrepError
-from .lmdb_io import read_meta_info
+from .lmdb_io import check_lmdb_file, read_meta_info
 
 MAX_LISTED = 20
 
@@ -27,6 +27,7 @@ MAX_LISTED = 20
 def _open(path):
     if not os.path.isdir(path):
         raise DataPrepError(f'{path}: not an LMDB folder')
+    check_lmdb_file(path)  # before mapping it: a truncated data.mdb would end this process with SIGBUS
     try:
         # readahead stays on (BasicSR turns it off for random reads in training): this is one sequential pass, and
         # without readahead a cold disk serves it one 4 KiB page fault at a time

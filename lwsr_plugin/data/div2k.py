@@ -19,7 +19,7 @@ from functools import partial
 
 from .images import DataPrepError, check_keys, crop_positions, encode_png, list_images, mod_crop, read_image, \
     scan_sizes
-from .lmdb_io import refuse_existing
+from .lmdb_io import refuse_existing, refuse_output_on_input
 from .pipeline import add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, positive_int, \
     spaced, write_lmdbs
 
@@ -266,7 +266,10 @@ def run(argv=None):
     if not splits:
         raise DataPrepError(f'{args.root}: no DIV2K_train_HR/ or DIV2K_valid_HR/ folder')
     plans = [plan_split(args.root, out_dir, split, args) for split in splits]
-    refuse_existing([path for plan in plans for path in plan['outputs'].values()], args.overwrite)
+    outputs = [path for plan in plans for path in plan['outputs'].values()]
+    refuse_output_on_input(outputs, [os.path.join(args.root, f'DIV2K_{s}_{kind}') for s in splits
+                                     for kind in ('HR', 'LR_bicubic')])
+    refuse_existing(outputs, args.overwrite)
     for plan in plans:
         write_lmdbs(plan['outputs'], plan['func'], plan['jobs'], args.workers, args.overwrite, args.compress_level,
                     plan['desc'])

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import struct
 
 import lmdb
 
@@ -54,6 +55,18 @@ def refuse_existing(final_paths, overwrite):
     for path in final_paths:
         if os.path.exists(path) and not overwrite:
             raise DataPrepError(f'{path}: already exists; pass --overwrite to replace it')
+
+
+def refuse_output_on_input(outputs, inputs):
+    """Refuse an output that is, or holds, one of the inputs, also by another route (symlink, ``..``): publishing it
+    (``--overwrite``) would delete that input."""
+    for out in outputs:
+        out_real = os.path.realpath(out)
+        for item in inputs:
+            real = os.path.realpath(item)
+            if real == out_real or real.startswith(out_real + os.sep):
+                raise DataPrepError(f'{out}: this output is (or holds) the input {item}, which writing it would '
+                                    'replace; choose another output folder')
 
 
 def check_targets(final_paths, overwrite):
@@ -146,6 +159,54 @@ class AtomicLmdbWriter:
             pass
         self.txn = self.env = None
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+_META_MAGIC = 0xBEEFC0DE
+
+
+def _meta_page(head):
+    """(txnid, last page number, page size) of one LMDB meta page (64-bit layout), or None when it is not one:
+    16-byte page header, then mm_magic, mm_version, mm_address, mm_mapsize, two 48-byte MDB_db records (the first
+    one's md_pad holds the page size), mm_last_pg, mm_txnid."""
+    if len(head) < 152 or struct.unpack_from('<I', head, 16)[0] != _META_MAGIC:
+        return None
+    psize = struct.unpack_from('<I', head, 40)[0]
+    last_pg, txnid = struct.unpack_from('<QQ', head, 136)
+    return txnid, last_pg, psize
+
+
+def lmdb_file_problem(lmdb_path):
+    """One line saying why ``<lmdb_path>/data.mdb`` cannot be used safely, or None when its size covers every page
+    its header says is in use. LMDB maps the file into memory: a file cut short (a copy or a build that did not
+    finish) kills the reading process with SIGBUS, with no message, at the first record past the end. Only the two
+    meta pages are read (plain reads, no mapping)."""
+    data = os.path.join(lmdb_path, 'data.mdb')
+    if not os.path.isfile(data):
+        return f'{lmdb_path}: no data.mdb in the folder (not an LMDB, or an unfinished copy); rebuild or copy it again'
+    size = os.path.getsize(data)
+    with open(data, 'rb') as f:
+        first = f.read(4096)
+        meta0 = _meta_page(first)
+        psize = meta0[2] if meta0 and meta0[2] in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) else 4096
+        f.seek(psize)
+        meta1 = _meta_page(f.read(152))
+    metas = [m for m in (meta0, meta1) if m is not None]
+    if size < 2 * psize or not metas:
+        return (f'{lmdb_path}/data.mdb: {size} bytes, not an LMDB file (its header is missing or damaged); rebuild '
+                'the LMDB (lwsr-prepare-*) or copy it again')
+    _, last_pg, _ = max(metas)
+    need = (last_pg + 1) * psize
+    if size < need:
+        return (f'{lmdb_path}/data.mdb: truncated ({size} bytes, its header says {need}): an unfinished copy or '
+                'build. Copy it again or rebuild it with --overwrite; reading it would crash with SIGBUS')
+    return None
+
+
+def check_lmdb_file(lmdb_path):
+    """Raise DataPrepError with ``lmdb_file_problem``'s line, if any."""
+    problem = lmdb_file_problem(lmdb_path)
+    if problem:
+        raise DataPrepError(problem)
 
 
 def read_meta_info(lmdb_path):

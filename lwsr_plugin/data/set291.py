@@ -15,7 +15,7 @@ import os
 from functools import partial
 
 from .images import DataPrepError, check_keys, encode_png, list_images, mod_crop, read_image, scan_sizes, to_y
-from .lmdb_io import refuse_existing
+from .lmdb_io import refuse_existing, refuse_output_on_input
 from .pipeline import add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, spaced, \
     write_lmdbs
 
@@ -126,6 +126,7 @@ def run(argv=None):
     outputs = {'HR': os.path.join(args.out, f'{name}_HR.lmdb')}
     outputs.update({s: os.path.join(args.out, f'{name}_LR_bicubic_X{s}.lmdb') for s in args.scales})
     kept, n_records = plan_versions(scan_sizes(list(keys.values()), '291: reading sizes'), args)
+    refuse_output_on_input(outputs.values(), args.input)
     refuse_existing(outputs.values(), args.overwrite)
     n_versions = len(args.factors) * len(ROTATIONS) * 2
     left_out = len(kept) * n_versions - n_records

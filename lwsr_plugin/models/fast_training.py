@@ -250,8 +250,3 @@ class TrainingOptions:
         if self.scaler is not None and state.get('scaler'):
             self.scaler.load_state_dict(state['scaler'])
 
-
-def all_finite(net):
-    """True when every floating-point parameter and buffer of ``net`` is finite."""
-    return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
-               if t.is_floating_point())

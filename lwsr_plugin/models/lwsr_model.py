@@ -29,7 +29,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from lwsr_plugin import compat
 from lwsr_plugin.inference import self_ensemble, tile_stat_layers, tiled_forward
-from lwsr_plugin.models.fast_training import TrainingOptionError, TrainingOptions, all_finite
+from lwsr_plugin.models.fast_training import TrainingOptionError, TrainingOptions
 
 SAVE_FORMATS = ('pth', 'safetensors')
 
@@ -165,7 +165,7 @@ class LWSRModel(SRModel):
     # -------------------------------------------------------------------------------------------- checkpoints
     def save(self, epoch, current_iter):
         nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
-        if not all(all_finite(self.get_bare_model(n)) for n in nets):
+        if not all(compat.all_finite(self.get_bare_model(n)) for n in nets):
             get_root_logger().error(f'Not saving iter {current_iter}: the network has non-finite weights; the last '
                                     'checkpoint on disk stays the newest.')
             return
