@@ -439,7 +439,7 @@ def _unreadable_network_file(opt):
         if not os.path.isfile(value):
             return f'{value}, which is missing'
         try:
-            read_state_dict(value, None)
+            read_state_dict(value)
         except Exception as err:  # any reader failure (truncated zip, bad safetensors header, ...) means unusable
             return f'{value}, which cannot be read ({type(err).__name__})'
     return ''

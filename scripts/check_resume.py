@@ -163,7 +163,9 @@ def run_case(root, datasets, label, total_iter, save_freq, workers, kill, nproc=
     shutil.rmtree(work, ignore_errors=True)
     opt_path = prepare(work, datasets, options(total_iter, save_freq, workers, ratio=4 * nproc))
     start = time.time()
-    first = train(work, opt_path, kill=kill, nproc=nproc, kill_rank=1 if nproc > 1 else None)
+    # under torchrun rank 1 dies before an iteration; rank 0, the only one that writes, dies in a save
+    kill_rank = (0 if str(kill).startswith('save:') else 1) if nproc > 1 else None
+    first = train(work, opt_path, kill=kill, nproc=nproc, kill_rank=kill_rank)
     killed = first.returncode != 0
     second = train(work, opt_path, resume=True, nproc=nproc)
     if second.returncode != 0:

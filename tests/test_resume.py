@@ -95,3 +95,19 @@ def test_keyed_sample_seeds_and_generator_isolation():
     buffer.seek(0)
     set_generator_state(torch.load(buffer, weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+
+
+def test_auto_resume_skips_a_state_whose_weights_are_missing_or_damaged(tmp_path, datasets_dir):
+    """The newest state's network file deleted, the one before truncated: --auto_resume says so for each and resumes
+    from the newest state whose weights can be read."""
+    work = str(tmp_path)
+    opt_path = check_resume.prepare(work, datasets_dir, check_resume.options(6, 2, 0))
+    assert check_resume.train(work, opt_path).returncode == 0
+    models = os.path.join(work, 'experiments', check_resume.NAME, 'models')
+    os.remove(os.path.join(models, 'net_g_6.pth'))
+    with open(os.path.join(models, 'net_g_4.pth'), 'r+b') as f:
+        f.truncate(200)
+    out = check_resume.train(work, opt_path, resume=True).stdout
+    assert 'skipping training state' in out and 'net_g_6.pth, which is missing' in out, out[-3000:]
+    assert 'net_g_4.pth, which cannot be read' in out
+    assert 'Resuming training from epoch: 0, iter: 2.' in out
