@@ -304,16 +304,21 @@ def _device_line(model):
     return f'CPU, {torch.get_num_threads()} threads'
 
 
-def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, iters, schedule):
-    rows = recorder.rows
-    sets = [loader.dataset.opt['name'] for loader in recorder.val_loaders]
+def write_curve(path, rows, sets):
+    """The evaluations as CSV (iteration, training/wall seconds, PSNR and SSIM per set), written atomically."""
     columns = ['iteration', 'train_seconds', 'wall_seconds'] + [f'{s}_{m}' for s in sets for m in ('psnr', 'ssim')]
-    tmp = os.path.join(out_dir, f'curve.csv.tmp-{os.getpid()}')
+    tmp = f'{path}.tmp-{os.getpid()}'
     with open(tmp, 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, 'curve.csv'))
+    os.replace(tmp, path)
+
+
+def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, iters, schedule):
+    rows = recorder.rows
+    sets = [loader.dataset.opt['name'] for loader in recorder.val_loaders]
+    write_curve(os.path.join(out_dir, 'curve.csv'), rows, sets)
 
     model = recorder.model
     net = model.get_bare_model(model.net_g)
@@ -334,7 +339,8 @@ def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, ite
              f'batch {opt["datasets"]["train"].get("batch_size_per_gpu")}; seed {opt["manual_seed"]}',
              f'- trained: {final["iteration"]} iterations in {final["train_seconds"] / 60:.1f} min of training '
              f'({recorder.eval_s / 60:.1f} min of evaluation besides)', '',
-             '| set | PSNR | SSIM | bicubic | gain over bicubic | paper | to the paper |', '|---|---|---|---|---|---|---|']
+             '| set | PSNR | SSIM | bicubic | gain over bicubic | paper | to the paper |',
+             '|---|---|---|---|---|---|---|']
     summary = {'recipe': name, 'iterations': final['iteration'], 'train_seconds': final['train_seconds'], 'sets': {}}
     for s in sets:
         psnr, ssim = final[f'{s}_psnr'], final[f'{s}_ssim']

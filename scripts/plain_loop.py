@@ -10,7 +10,6 @@ patch for IDN) and the recipe's flips. Set5/Set14 are evaluated at the same log-
 with BasicSR's metric functions on the same test sets, and written in the same CSV columns.
 """
 import argparse
-import csv
 import os
 import random
 import sys
@@ -96,7 +95,7 @@ def evaluate(net, val_sets, scale, y_only, device):
 def main(argv=None):
     import lwsr_plugin  # noqa: F401  (the archs)
     from basicsr.utils.registry import ARCH_REGISTRY
-    from lwsr_plugin.reproduce import RECIPES, build_options, log_spaced
+    from lwsr_plugin.reproduce import RECIPES, build_options, log_spaced, write_curve
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--recipe', required=True, choices=list(RECIPES))
     budget = parser.add_mutually_exclusive_group(required=True)
@@ -170,13 +169,7 @@ def main(argv=None):
             last = time.perf_counter()
     out = os.path.join(args.out, args.recipe)
     os.makedirs(out, exist_ok=True)
-    columns = ['iteration', 'train_seconds', 'wall_seconds'] + [f'{s}_{m}' for s in val_sets for m in ('psnr', 'ssim')]
-    tmp = os.path.join(out, f'curve.csv.tmp-{os.getpid()}')
-    with open(tmp, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out, 'curve.csv'))
+    write_curve(os.path.join(out, 'curve.csv'), rows, list(val_sets))
     print(f'plain loop {args.recipe} on {data_note}: {iteration} iterations in {train_s / 60:.1f} min -> '
           f'{os.path.join(out, "curve.csv")}')
     return 0

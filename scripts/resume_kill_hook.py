@@ -2,8 +2,8 @@
 moment, for the kill/resume checks of scripts/check_resume.py and tests/test_resume.py.
 
 ``LWSR_KILL_AT=<iter>``: killed just before iteration ``<iter>`` trains (after the checkpoint of the one before).
-``LWSR_KILL_AT=save:<n>``: killed while the ``n``-th ``torch.save`` call of the run is writing, with half the bytes
-on disk (odd ``n``: a network file; even: a training state, as BasicSR writes the weights first).
+``LWSR_KILL_AT=save:<n>``: killed while the ``n``-th file ``torch.save`` writes in the run is being written, with
+half the bytes on disk (odd ``n``: a network file; even: a training state, as BasicSR writes the weights first).
 ``LWSR_KILL_RANK=<r>``: only global rank ``r`` dies (torchrun then stops the others); default every process that gets
 there. Without ``LWSR_KILL_AT`` the module does nothing.
 """
@@ -28,7 +28,8 @@ def _kill_in_save(target):
     calls = [0]
 
     def save(obj, f, *args, **kwargs):
-        calls[0] += 1
+        if isinstance(f, (str, os.PathLike)):  # files only: collectives may pickle objects into buffers
+            calls[0] += 1
         if calls[0] == target and isinstance(f, (str, os.PathLike)):
             buffer = io.BytesIO()
             original(obj, buffer, *args, **kwargs)

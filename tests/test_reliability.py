@@ -617,11 +617,12 @@ def test_onnx_export_on_full_disk_leaves_no_file(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_training_runs_full_disk_nan_loss_corrupt_skip_and_archive(work):
-    """Three real training runs at once: (a) a full disk at the second checkpoint stops the run with one line and
-    keeps the first checkpoint and state; (b) learning rate 1e10 stops with a message, non-zero status and no
+    """Four real training runs, two at a time: (a) a full disk at the second checkpoint stops the run with one line
+    and keeps the first checkpoint and state; (b) learning rate 1e10 stops with a message, non-zero status and no
     non-finite checkpoint (LWSRModel's guard), and BasicSR's own SRModel stops at the first save whose weights are
-    not finite (compat's guard) instead of writing NaN checkpoints and exiting 0; (c) with ``on_corrupt: skip`` a corrupt image is named and left out,
-    and the existing experiments/<name> is archived by BasicSR's rule, not lost."""
+    not finite (compat's guard) instead of writing NaN checkpoints and exiting 0; (c) with ``on_corrupt: skip`` a
+    corrupt image is named and left out, and the existing experiments/<name> is archived by BasicSR's rule, not
+    lost."""
     # (a) torch.save fails from the third call on: iteration 1 wrote net_g_1.pth and 1.state
     full = options(work, 'full.yml', name='full_disk', **{'logger.save_checkpoint_freq': 1, 'train.total_iter': 3})
     script = ('import sys, torch; sys.path.insert(0, {tests!r}); import test_reliability as t; '

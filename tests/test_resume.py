@@ -47,7 +47,8 @@ def test_resume_with_workers_and_worker_count_does_not_change_the_data(tmp_path,
     assert row['resumed_from'] == 8
     check_resume.reference(root, datasets_dir, ITERS, FREQ, workers=0)
     final = os.path.join('experiments', check_resume.NAME, 'models', f'net_g_{ITERS}.pth')
-    a, b = (torch.load(os.path.join(root, ref, final), weights_only=True)['params'] for ref in ('ref-w0-p1', 'ref-w2-p1'))
+    a, b = (torch.load(os.path.join(root, ref, final), weights_only=True)['params']
+            for ref in ('ref-w0-p1', 'ref-w2-p1'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
