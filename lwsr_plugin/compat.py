@@ -878,9 +878,6 @@ def _wrap_message_logger_call(original):
     return __call__
 
 
-_original_init_dist = _dist_util.init_dist
-
-
 def apply():
     """Install every patch once (idempotent)."""
     if getattr(_base_model, _PATCHED, False):
