@@ -136,6 +136,17 @@ def test_absent_dataset_is_skipped(tmp_path, datasets_dir):
     assert all(m.startswith('skipped ') for m in messages)
 
 
+def test_no_test_set_present_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from lwsr_plugin.cli.evaluate import present_datasets_only
+    monkeypatch.chdir(tmp_path)  # no datasets/ here
+    argv = ['-opt', os.path.join(REPO, 'options', 'test_IMDN_x4.yml')]
+    with pytest.raises(SystemExit) as exit_info:
+        with present_datasets_only(argv):
+            pass
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'none of the test sets' in err and 'lwsr-prepare-benchmark' in err
+
+
 def test_every_arch_and_scale_has_a_test_yaml():
     shipped = [(name, scale) for name in ('IMDN', 'IDN', 'DRN', 'DRNplus', 'sLWSR16', 'sLWSR32', 'sLWSR64')
                for scale in (2, 3, 4)] + [('IMDN_AS', s) for s in (2, 3, 4)] + [('IMDN_RTC', 2), ('sLWSR32C', 4)]

@@ -50,9 +50,11 @@ def test_paper_values_cover_the_tables():
 @pytest.mark.parametrize('args, message', [
     (['--sets', 'Set6'], 'unknown'), (['--scales', '8'], 'x2, x3 and x4'), (['--scales', 'x2'], 'integers'),
     (['--models', 'EDSR'], 'IDN, Bicubic, IMDN')])
-def test_bad_arguments_fail_in_one_line(args, message, tmp_path):
-    with pytest.raises(SystemExit, match=message):
+def test_bad_arguments_fail_in_one_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(['--paper-tables', '--out', str(tmp_path / 'x.md')] + args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -56,7 +56,8 @@ def present_datasets_only(argv):
         yield
         return
     if not opt.get('datasets'):
-        sys.exit(f'lwsr-test: none of the test sets of {original} is present under {os.getcwd()}.')
+        _usage_error(f'lwsr-test: none of the test sets of {original} is present under {os.getcwd()}. Run from the '
+                     'folder that holds datasets/, or make the sets with lwsr-prepare-benchmark.')
     with tempfile.TemporaryDirectory() as tmp:
         argv[i] = os.path.join(tmp, os.path.basename(original))
         with open(argv[i], 'w', encoding='utf-8') as f:
@@ -286,6 +287,12 @@ def paper_tables_parser():
     return p
 
 
+def _usage_error(message):
+    """A usage error: one line on stderr, exit status 2 (as argparse gives)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def paper_tables(argv):
     """``lwsr-evaluate --paper-tables``: see :func:`paper_tables_parser`. Returns the exit status."""
     import time
@@ -293,16 +300,16 @@ def paper_tables(argv):
     sets = [s for s in args.sets.split(',') if s]
     unknown = [s for s in sets if s not in STANDARD_SIZES]
     if unknown:
-        sys.exit(f'lwsr-evaluate: --sets {args.sets}: unknown {unknown}; choose from {", ".join(STANDARD_SIZES)}.')
+        _usage_error(f'lwsr-evaluate: --sets {args.sets}: unknown {unknown}; choose from {", ".join(STANDARD_SIZES)}.')
     try:
         scales = [int(s) for s in args.scales.split(',') if s]
     except ValueError:
-        sys.exit(f'lwsr-evaluate: --scales {args.scales}: give integers from 2, 3, 4, e.g. --scales 2,4.')
+        _usage_error(f'lwsr-evaluate: --scales {args.scales}: give integers from 2, 3, 4, e.g. --scales 2,4.')
     if not scales or any(s not in (2, 3, 4) for s in scales):
-        sys.exit(f'lwsr-evaluate: --scales {args.scales}: the tables have x2, x3 and x4 only.')
+        _usage_error(f'lwsr-evaluate: --scales {args.scales}: the tables have x2, x3 and x4 only.')
     models = [m for m in args.models.split(',') if m]
     if any(m not in ('IDN', 'Bicubic', 'IMDN') for m in models):
-        sys.exit(f'lwsr-evaluate: --models {args.models}: choose from IDN, Bicubic, IMDN.')
+        _usage_error(f'lwsr-evaluate: --models {args.models}: choose from IDN, Bicubic, IMDN.')
     root = os.path.abspath(args.root)
     from lwsr_plugin.registration import register
     register()
@@ -312,8 +319,8 @@ def paper_tables(argv):
             arch = 'IMDN' if model == 'IMDN' else 'IDN'
             path = os.path.join(args.options, f'test_{arch}_x{scale}.yml')
             if not os.path.isfile(path):
-                sys.exit(f'lwsr-evaluate: {path} does not exist; give the folder of the shipped option files with '
-                         '--options.')
+                _usage_error(f'lwsr-evaluate: {path} does not exist; give the folder of the shipped option files '
+                             'with --options.')
             opt = load_test_options(path, root)
             opt['datasets'] = {k: v for k, v in opt['datasets'].items() if v['name'] in sets}
             weights = opt['path'].get('pretrain_network_g')
