@@ -196,6 +196,10 @@ TRAIN_CASES = {
                                '288x288). Use gt_size 288 or less'),
     'batch_larger_than_set': (lambda w: {'datasets.train.batch_size_per_gpu': 32},
                               'a batch of 32 is larger than the training set (2 pairs x dataset_enlarge_ratio 10)'),
+    'accumulated_batch_larger_than_set': (lambda w: {'model_type': 'LWSRModel', 'train.accumulate': 4,
+                                                     'datasets.train.batch_size_per_gpu': 8},
+                                          'a batch of 32 (4 micro-batches, train.accumulate) is larger than the '
+                                          'training set'),
     'bad_on_corrupt': (lambda w: {'datasets.train.on_corrupt': 'ignore'}, "on_corrupt: 'ignore' is not `stop` or"),
     'pretrain_random_bytes': (lambda w: ((w / 'junk.pth').write_bytes(os.urandom(5000)),
                                          {'path.pretrain_network_g': 'junk.pth'})[1],

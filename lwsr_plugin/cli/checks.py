@@ -434,11 +434,14 @@ def _check_batch(opt, label, ds, n_pairs):
     the incomplete last batch, then "trains" 0 iterations and saves an untrained network."""
     world = int(os.environ.get('WORLD_SIZE', '1') or 1)
     num_gpu = opt.get('num_gpu', 1)
-    per_gpu = ds.get('batch_size_per_gpu', 1)
+    accumulate = (opt.get('train') or {}).get('accumulate', 1)
+    accumulate = accumulate if isinstance(accumulate, int) and accumulate > 1 else 1  # bad values: fast_training
+    per_gpu = ds.get('batch_size_per_gpu', 1) * accumulate  # the loader's batch (training_state.apply_accumulate)
     batch = per_gpu * world if world > 1 else per_gpu * max(num_gpu if isinstance(num_gpu, int) else 1, 1)
     ratio = ds.get('dataset_enlarge_ratio', 1)
     if n_pairs * ratio < batch:
-        raise OptionError(f'{label}.batch_size_per_gpu: a batch of {batch} is larger than the training set ({n_pairs} '
+        what = f'a batch of {batch}' + (f' ({accumulate} micro-batches, train.accumulate)' if accumulate > 1 else '')
+        raise OptionError(f'{label}.batch_size_per_gpu: {what} is larger than the training set ({n_pairs} '
                           f'pairs x dataset_enlarge_ratio {ratio}), so no batch would ever be drawn. Lower '
                           'batch_size_per_gpu or raise dataset_enlarge_ratio.')
 
