@@ -3,7 +3,9 @@
 left under a final name, and that a plain rerun completes and clears the leftovers.
 
 Builders (each on a small real input): ``lmdb`` (lwsr-prepare-291 -> two LMDBs), ``folder`` (lwsr-prepare-benchmark
--> HR/ + LR_bicubic/X<s>/), ``pth`` (lwsr-convert-idn), ``sr`` (lwsr-upscale of a folder), ``onnx`` (lwsr-export).
+-> HR/ + LR_bicubic/X<s>/), ``pth`` (lwsr-convert-idn), ``sr`` (lwsr-upscale of a folder), ``onnx`` (lwsr-export),
+``cache`` (the decoded-pairs cache of ``InMemoryPairedImageDataset``, 500 Set5 x4 pairs (100 links to each image); each
+trial deletes the cache first, so every trial builds it).
 Per builder: one full run (its duration T sets the kill window; its output is the "previous complete" one), then
 ``--trials`` runs with ``--overwrite`` each killed (whole process group, pool workers included) after a random delay
 (a quarter in [0, T], the others in [0.5 T, 1.2 T], where the writing happens), each followed by an inspection of what
@@ -32,7 +34,17 @@ from concurrent.futures import ThreadPoolExecutor
 BIN = os.path.dirname(sys.executable)
 SHARED = os.environ.get('LWSR_SHARED', os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'shared'))
-BUILDERS = ('lmdb', 'folder', 'pth', 'sr', 'onnx')
+BUILDERS = ('lmdb', 'folder', 'pth', 'sr', 'onnx', 'cache')
+_CACHE_SCRIPT = '''
+import glob, os, sys
+from lwsr_plugin.data.in_memory_paired_image_dataset import SUFFIX, InMemoryPairedImageDataset
+out, gt, lq = sys.argv[1:]
+for old in glob.glob(os.path.join(out, '*' + SUFFIX)):
+    os.remove(old)
+InMemoryPairedImageDataset({'name': 'set5x100', 'phase': 'train', 'scale': 4, 'dataroot_gt': gt, 'dataroot_lq': lq,
+                            'filename_tmpl': '{}x4', 'io_backend': {'type': 'disk'}, 'gt_size': 32,
+                            'use_hflip': False, 'use_rot': False, 'cache_dir': out})
+'''
 
 
 def _datasets(*parts):
@@ -64,6 +76,18 @@ def command(builder, work):
                  '--scale', '4', '--ckpt', os.path.join(SHARED, 'anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth'),
                  '--device', 'cpu', '--overwrite'],
                 [os.path.join(out, os.path.splitext(n)[0] + '.png') for n in names])
+    if builder == 'cache':  # its name holds a fingerprint of the sources: found after the full run
+        src = os.path.join(work, 'src')
+        if not os.path.isdir(src):
+            for sub in ('HR', 'LR'):
+                os.makedirs(os.path.join(src, sub))
+            for name in sorted(os.listdir(_datasets('Set5', 'HR'))):
+                stem = os.path.splitext(name)[0]
+                for i in range(100):
+                    os.symlink(_datasets('Set5', 'HR', name), os.path.join(src, 'HR', f'{stem}{i}.png'))
+                    os.symlink(_datasets('Set5', 'LR_bicubic', 'X4', f'{stem}x4.png'),
+                               os.path.join(src, 'LR', f'{stem}{i}x4.png'))
+        return ([sys.executable, '-c', _CACHE_SCRIPT, out, os.path.join(src, 'HR'), os.path.join(src, 'LR')], None)
     if builder == 'onnx':
         return ([os.path.join(BIN, 'lwsr-export'), '--arch', 'IMDN', '--scale', '4', '--ckpt',
                  os.path.join(SHARED, 'anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth'), '-o',
@@ -103,6 +127,18 @@ def fingerprint(builder, path):
         if img is None:
             raise ValueError('does not decode')
         return img.shape
+    if builder == 'cache':  # a complete header, and the same pixels and index as the full run's (the header itself
+        import hashlib      # records the build time)
+        import struct
+
+        from lwsr_plugin.data.in_memory_paired_image_dataset import read_cache_header
+        header = read_cache_header(path)
+        if header is None:
+            raise ValueError('no complete cache header')
+        with open(path, 'rb') as f:
+            header_offset = struct.unpack('<QQ', f.read(24)[8:24])[0]
+            body = f.read(header_offset - 24)
+        return header['count'], header['fingerprint'], hashlib.sha256(body).hexdigest()
     if builder == 'onnx':
         import onnx
         model = onnx.load_model(path)
@@ -144,6 +180,10 @@ def check_builder(builder, trials, seed, work):
     status, full_s, err = _run(argv)
     if status != 0:
         raise RuntimeError(f'{builder}: the full run failed ({status}): {err[-2000:]}')
+    if finals is None:
+        from lwsr_plugin.data.in_memory_paired_image_dataset import SUFFIX
+        finals = glob.glob(os.path.join(work, 'out', '*' + SUFFIX))
+        assert len(finals) == 1, finals
     reference = {path: fingerprint(builder, path) for path in finals}
     row = dict(builder=builder, trials=trials, full_s=full_s, killed=0, complete=0, absent=0, partial=0,
                leftovers=0, rerun_ok=False, rerun_leftovers=None, examples=[])
