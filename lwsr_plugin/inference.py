@@ -1,5 +1,6 @@
-"""Inference for every registered arch (issue 7): model loading, seam-free tiling, x8 self-ensemble, fast paths
-(channels_last, bf16/fp16, ``torch.compile``) and image-level handling (RGB, grey, RGBA, 8/16-bit, Y-only models).
+"""Inference for every registered arch (issues 7, 15): model loading, seam-free tiling, x8 self-ensemble, fast paths
+(the fast inference form of every arch, channels_last, bf16/fp16, ``torch.compile``, CUDA graphs, pinned-memory
+transfers) and image-level handling (RGB, grey, RGBA, 8/16-bit, Y-only models).
 
 ``load_model`` builds a network from an arch name + kwargs or from a BasicSR option file's ``network_g`` and loads a
 checkpoint (BasicSR ``params``/``params_ema`` or a plain official state dict). ``Upscaler`` runs it on numpy images.
@@ -11,7 +12,8 @@ import torch
 
 from lwsr_plugin.archs.blocks import contrast
 from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
-from lwsr_plugin.fast_imdn import fast_inference_net
+from lwsr_plugin.fast import FastForm, fast_inference_net
+from lwsr_plugin.fast.cuda import GraphForward, RuntimeProblem, check_runtime
 from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
 
 
@@ -139,14 +141,18 @@ def tile_stat_layers(net, tile_stats='image', key='tile_stats'):
     return [m for m in net.modules() if hasattr(m, 'stats_hook')] if tile_stats == 'image' else []
 
 
-def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
+def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=(), fixed_batch=False, out_device=None):
     """Seam-free tiled inference: the image is cut into ``tile``-sided cores; each core is run inside a window grown
     by ``overlap`` LR pixels of real context on every side (shifted inward at the borders, so all windows have one
     size and run ``batch`` at a time), and only the core's output is kept. Every output pixel comes from exactly one
     window, with no blending, so there is no seam and memory is bounded by the window batch.
 
     ``stat_layers`` (see ``tile_stat_layers``): layers that pool their whole input; they then get the whole
-    image's statistics through a first, collecting pass (``ImageStatistics``), so tiles match the untiled output."""
+    image's statistics through a first, collecting pass (``ImageStatistics``), so tiles match the untiled output.
+    ``fixed_batch``: the last, smaller batch is filled up with repeats of its last window, so every forward has one
+    shape (one CUDA graph serves them all; the extra outputs are dropped). ``out_device``: where the output is
+    assembled; a CPU output of a CUDA forward is pinned host memory that each core is copied to without waiting,
+    so the transfers overlap the next windows' compute."""
     _, _, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return forward(x)
@@ -159,6 +165,9 @@ def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
             sx = min(max(x0 - overlap, 0), w - win_w)
             jobs.append((y0, min(y0 + tile, h), x0, min(x0 + tile, w), sy, sx))
 
+    out_device = torch.device(out_device) if out_device is not None else x.device
+    pinned = out_device.type == 'cpu' and x.is_cuda
+
     def run(keep, stats=None):
         out = None
         for i in range(0, len(jobs), batch):
@@ -166,16 +175,23 @@ def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=()):
             if stats is not None:
                 stats.regions = [(img, y0 - sy, y1 - sy, x0 - sx, x1 - sx, win_h, win_w)
                                  for y0, y1, x0, x1, sy, sx in group for img in range(n)]
-            windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for _, _, _, _, sy, sx in group], dim=0)
+            starts = [(sy, sx) for _, _, _, _, sy, sx in group]
+            if fixed_batch and stats is None and len(jobs) > batch:
+                starts += starts[-1:] * (batch - len(group))
+            windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for sy, sx in starts], dim=0)
             res = forward(windows)
             if not keep:
                 continue
             res = res.split(n, dim=0)
             if out is None:
-                out = res[0].new_empty(n, res[0].shape[1], h * scale, w * scale)
+                out = torch.empty((n, res[0].shape[1], h * scale, w * scale), dtype=res[0].dtype, device=out_device,
+                                  pin_memory=pinned)
             for (y0, y1, x0, x1, sy, sx), r in zip(group, res):
-                out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                    r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale]
+                out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale].copy_(
+                    r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale],
+                    non_blocking=pinned)
+        if pinned:
+            torch.cuda.current_stream(x.device).synchronize()  # the last non-blocking copies have landed
         return out
 
     if not stat_layers:
@@ -216,17 +232,26 @@ class Upscaler:
         precision (str): 'fp32', 'bf16' or 'fp16' (weights and activations in that type). Default: 'fp32'.
         channels_last (bool): NHWC memory format (faster oneDNN/cuDNN convs). Default: True.
         compile (bool): ``torch.compile`` the network. Default: False.
-        fast (bool): IMDN / IMDN_AS run through ``FastIMDN`` (same output, less memory traffic; not combined with
-            ``compile``, which does its own fusion). Default: True.
+        fast (bool): Run the arch's fast inference form (:mod:`lwsr_plugin.fast`: the module's output, less memory
+            traffic, fused kernels; not combined with ``compile``, which does its own fusion). Default: True.
+        cuda_graphs (bool): On CUDA, replay one captured graph per window shape (:class:`fast.cuda.GraphForward`);
+            tiles then run in batches of one fixed size. Default: True.
     """
 
     DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
     def __init__(self, net, device='cpu', tile=0, tile_overlap=8, tile_batch=4, ensemble=False, precision='fp32',
-                 channels_last=True, compile=False, fast=True, tile_stats='image'):
+                 channels_last=True, compile=False, fast=True, tile_stats='image', cuda_graphs=True):
         if precision not in self.DTYPES:
             raise InferenceError(f'precision must be one of {sorted(self.DTYPES)}, got {precision!r}.')
-        self.device = torch.device(device)
+        if 0 < tile < tile_overlap:
+            raise InferenceError(f'--tile {tile} is smaller than --tile-overlap {tile_overlap}, the receptive-field '
+                                 f'context each tile is run with; use --tile >= {tile_overlap} (e.g. 256) or a '
+                                 'smaller --tile-overlap.')
+        try:
+            self.device = check_runtime(device, precision, compile)
+        except RuntimeProblem as err:
+            raise InferenceError(str(err)) from None
         self.dtype = self.DTYPES[precision]
         self.scale = model_scale(net)
         self.in_ch = _in_channels(net)
@@ -238,18 +263,33 @@ class Upscaler:
         self.stat_layers = tile_stat_layers(net, tile_stats)
         self.net = torch.compile(net) if compile else net
         self.tile, self.tile_overlap, self.tile_batch, self.ensemble = tile, tile_overlap, tile_batch, ensemble
+        # graphs only while no statistics hook is installed: the hooks' collecting pass runs Python per call
+        self.graphs = GraphForward(self._eager, lambda: all(m.stats_hook is None for m in self.stat_layers)) \
+            if cuda_graphs and self.device.type == 'cuda' and not compile else None
+
+    def _eager(self, x):
+        return self.net(x)
 
     def _forward(self, x):
-        return self.net(x.to(self.dtype).contiguous(memory_format=self.memory_format))
+        # a fast form takes the fp32 image and reads it at full precision (FastConv.head); a module its own type
+        x = x if isinstance(self.net, FastForm) else x.to(self.dtype)
+        x = x.contiguous(memory_format=self.memory_format)
+        return self.graphs(x) if self.graphs is not None else self.net(x)
+
+    def to_device(self, x):
+        """``x`` on the device; a CPU tensor bound for CUDA goes through pinned memory without blocking the host."""
+        if self.device.type == 'cuda' and x.device.type == 'cpu':
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     @torch.inference_mode()
     def run_tensor(self, x):
         """(N, C, H, W) float in [0, 1] -> float32 output in [0, 1] on the device."""
-        x = x.to(self.device)
+        x = self.to_device(x)
 
         def one(t):
             return tiled_forward(self._forward, t, self.scale, self.tile, self.tile_overlap, self.tile_batch,
-                                 self.stat_layers).float()
+                                 self.stat_layers, fixed_batch=self.graphs is not None).float()
 
         out = self_ensemble(one, x) if self.ensemble else one(x)
         return out.clamp_(0, 1)
@@ -257,7 +297,13 @@ class Upscaler:
     def _run_planes(self, planes):
         """HWC float32 [0, 1] with ``self.in_ch`` channels -> HWC float32 output (clamped)."""
         t = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
-        return self.run_tensor(t)[0].cpu().numpy().transpose(1, 2, 0)
+        out = self.run_tensor(t)[0]
+        if out.is_cuda:  # pinned host buffer: a non-blocking copy, then one wait
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            torch.cuda.current_stream(out.device).synchronize()
+            out = host
+        return out.numpy().transpose(1, 2, 0)
 
     def upscale(self, img, outscale=None):
         """Upscale a cv2 image (HW grey, HWC BGR or BGRA; uint8 or uint16) by the model's scale, or by ``outscale``
@@ -285,6 +331,8 @@ class Upscaler:
             cbcr = _resize(ycc[..., 1:], y.shape[:2])
             out = ycbcr2bgr(np.concatenate([y, cbcr], axis=2))
         elif self.in_ch == 3 and colour.shape[2] == 1:
+            # grey is luma (one convention with evaluation and lwsr-export, docs/evaluation.md): R = G = B in, mean out;
+            # a Y-only model takes it as its Y unchanged (next branch)
             out = self._run_planes(np.repeat(colour, 3, axis=2)).mean(axis=2, keepdims=True)
         else:  # cv2 order is BGR, the networks take RGB
             out = self._run_planes(colour[..., ::-1])[..., ::-1] if colour.shape[2] == 3 else self._run_planes(colour)

@@ -8,17 +8,21 @@
   are linear in the output pixel count). Not counted: bias adds, activations, element-wise additions and
   multiplications (residuals, CCA scaling), pooling/statistics (CCA's mean and std), pixel shuffle, mean shift and
   IDN's bicubic skip.
-- **CPU latency**: every model gets the same ``--lr-size`` square LR input (batch 1, fp32, NCHW, random values;
-  IMDN_AS, which takes the LR already resized to the output size, gets it at ``--lr-size`` x 4), with ``--threads``
-  torch threads; ``--warmup`` untimed forwards, then the median, minimum and interquartile range of the wall-clock
-  time of ``--repeats`` timed forwards, and the median processor time the process used per forward (all threads;
-  robust to other processes' load, which stretches wall-clock times on a shared machine).
-- **CPU peak memory**: the most bytes held at once by tensors allocated during one forward through torch's CPU
-  allocator (activations, temporaries, the output), above what was held before it (weights and input excluded),
-  from the allocation events of ``torch.profiler`` (``profile_memory=True``). Deterministic for a given input
-  size; not included: buffers that oneDNN/MKL allocate themselves, and the interpreter and libraries.
-- **GPU** (when CUDA is present): the same timing (synchronised) and the same peak definition
-  (``torch.cuda.max_memory_allocated`` minus what was allocated before the forward) for a 1280x720 output.
+- **CPU latency**: every model gets the LR input of a ``--output-size`` output (default 1280x720; LR sides
+  rounded up; IMDN_AS takes the image already resized to the output size), batch 1, fp32, channels_last, random
+  values, and runs as ``lwsr-upscale`` runs it: through its fast inference form (:mod:`lwsr_plugin.fast`; ``--plain``:
+  the plain module, NCHW), with ``--threads`` torch threads. The first forward is the memory measurement below (and
+  the warm-up, and for a forward of 10 s or more also the first timed one); then ``--warmup`` more untimed forwards,
+  then the median, minimum and interquartile range of the wall-clock time of ``--repeats`` timed forwards, and the
+  median processor time the process used per forward (all threads; robust to other processes' load, which stretches
+  wall-clock times on a shared machine). Few repeats (one by default): at 720p one forward of DRN+ x2 is 4 TMACs,
+  and the 24 rows are ~9.4 TMACs per pass.
+- **CPU peak memory**: the most bytes held at once by tensors allocated during that first forward through torch's
+  CPU allocator (activations, temporaries, reused buffers, the output), above what was held before it (weights and
+  input excluded), from the allocation events of ``torch.profiler`` (``profile_memory=True``). Deterministic for a
+  given input size; not included: buffers that oneDNN/MKL allocate themselves, and the interpreter and libraries.
+- **GPU** (when CUDA is present): the same path, timing (synchronised) and peak definition
+  (``torch.cuda.max_memory_allocated`` minus what was allocated before the forward) for the same output size.
 
 Rows are written as they are measured: ``report.csv`` and ``report.md`` are rewritten (temporary file, then rename)
 after each model, so an interrupted run leaves valid files holding the rows measured so far.
@@ -33,6 +37,7 @@ import time
 
 HR_PIXELS_720P = 1280 * 720
 MAC_PROBE = 24  # LR side of the MAC-counting forward; MACs per output pixel do not depend on it
+LONG_FORWARD_MS = 10_000  # a first forward this long counts as a timed one (see measure)
 AS_SCALE = 4  # IMDN_AS is timed on the LR resized x4 (its "scale" is whatever its input was resized to)
 
 # key: (label, network_g options without upscale, scales, paper params per scale, paper MACs (G) at 720p per scale)
@@ -95,13 +100,14 @@ def count_macs(net, lr_shape):
     return total[0], out
 
 
-def time_forwards(fn, warmup, repeats, sync=None):
+def time_forwards(fn, warmup, repeats, sync=None, first=None):
     """Wall-clock ``{'median', 'min', 'p25', 'p75'}`` in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed
-    ones, and ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads."""
+    ones, and ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads. ``first``:
+    (wall ms, processor ms) of a call made before, counted as the first of the ``repeats``."""
     for _ in range(warmup):  # first calls at a new size build oneDNN primitives and grow the allocator's pools
         fn()
-    times, cpu_times = [], []
-    for _ in range(repeats):
+    times, cpu_times = ([first[0]], [first[1]]) if first else ([], [])
+    for _ in range(repeats - len(times)):
         if sync:
             sync()
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -163,11 +169,19 @@ def cpu_peak_bytes(fn):
     return peak
 
 
-def measure(key, scale, lr_size, warmup, repeats, gpu=False):
+def lr_shape(key, scale, output_size):
+    """(H, W) of the input that gives an output of ``output_size`` (W, H) (sides rounded up; IMDN_AS: the output
+    size itself, its input is already resized)."""
+    w, h = output_size
+    return (h, w) if key == 'IMDN_AS' else (-(-h // scale), -(-w // scale))
+
+
+def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False):
     """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions)."""
     import torch
 
     from lwsr_plugin.archs.blocks import count_parameters
+    from lwsr_plugin.fast import fast_inference_net
     net = build(key, scale)
     in_ch = 1 if MODELS[key][1]['type'] == 'IDN' else 3
     probe = MAC_PROBE * scale if key == 'IMDN_AS' else MAC_PROBE  # IMDN_AS takes the image at its output size
@@ -176,19 +190,25 @@ def measure(key, scale, lr_size, warmup, repeats, gpu=False):
            'paper_params': MODELS[key][3].get(scale), 'macs_720p_G': macs / out[0, 0].numel() * HR_PIXELS_720P / 1e9,
            'paper_macs_720p_G': MODELS[key][4].get(scale)}
     del out
-    side = lr_size * scale if key == 'IMDN_AS' else lr_size
-    x = torch.rand(1, in_ch, side, side, generator=torch.Generator().manual_seed(0))
+    h, w = lr_shape(key, scale, output_size)
+    fmt = torch.contiguous_format if plain else torch.channels_last
+    x = torch.rand(1, in_ch, h, w, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
+    if not plain:
+        net = fast_inference_net(net).to(memory_format=fmt)
     with torch.inference_mode():
-        t = time_forwards(lambda: net(x), warmup, repeats)
+        start, cpu_start = time.perf_counter(), time.process_time()
         row['cpu_peak_MB'] = cpu_peak_bytes(lambda: net(x)) / 2**20
+        first = ((time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3)
+        # a forward of many seconds (DRN+ at 720p: over a minute) dwarfs its one-time costs (oneDNN primitives,
+        # weight packing): the memory-measuring forward is then the first timed one, which halves the report's time
+        t = time_forwards(lambda: net(x), warmup, repeats, first=first if first[0] >= LONG_FORWARD_MS else None)
     row.update(cpu_ms=t['median'], cpu_ms_min=t['min'], cpu_ms_p25=t['p25'], cpu_ms_p75=t['p75'],
                cpu_time_ms=t['cpu_time'])
     if gpu:
         net = net.cuda()
-        h, w = (720, 1280) if key == 'IMDN_AS' else (-(-720 // scale), -(-1280 // scale))
-        x = torch.rand(1, in_ch, h, w, device='cuda')
+        x = x.cuda()
         with torch.inference_mode():
-            t = time_forwards(lambda: net(x), warmup, repeats, torch.cuda.synchronize)
+            t = time_forwards(lambda: net(x), max(warmup, 1), repeats, torch.cuda.synchronize)
             torch.cuda.synchronize()
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
@@ -219,24 +239,26 @@ def _iqr(row, prefix):
 def header(settings):
     """The report's heading lines: machine, torch, threads, and what every column measures."""
     s = settings
-    as_side = s['lr_size'] * AS_SCALE
+    out_w, out_h = s['output_size']
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {s['cores']} CPU cores visible, torch "
         f"{s['torch']}; torch CPU threads: {s['threads']} (fixed with torch.set_num_threads); GPU: {s['gpu']}.",
-        f"Input: the same {s['lr_size']}x{s['lr_size']} LR image for every model (batch 1, fp32, NCHW; 3 channels, IDN"
-        f" 1 (Y); output {s['lr_size']}*scale square; IMDN_AS takes the LR resized to its output size, "
-        f"{as_side}x{as_side}).",
-        f"CPU ms: median wall-clock time of {s['repeats']} timed forwards after {s['warmup']} warm-up forwards "
-        '(torch.inference_mode); IQR: 25th-75th percentile of those forwards. CPU time ms: median processor time the '
-        'process used per forward (all its threads): other processes\' load barely changes it; at 1 thread on an idle '
-        'machine it equals CPU ms.',
-        'CPU peak MB: the most memory held at once by tensors allocated during one forward through torch\'s CPU '
-        'allocator (activations, temporaries, output), above what was held before it (weights and input excluded); '
-        'from torch.profiler allocation events (profile_memory=True); not included: oneDNN/MKL internal buffers.',
+        f"Input: the LR image of a {out_w}x{out_h} output for every model (LR sides rounded up; batch 1, fp32, "
+        f"{'NCHW; the plain module' if s['plain'] else 'channels_last; the fast inference form lwsr-upscale runs'}; "
+        f"3 channels, IDN 1 (Y); IMDN_AS takes the image resized to the output size, {out_w}x{out_h}).",
+        f"CPU ms: median wall-clock time of {s['repeats']} timed forwards after the memory-measuring forward and "
+        f"{s['warmup']} more warm-up forwards (torch.inference_mode; a memory-measuring forward of 10 s or more is "
+        "the first timed one); IQR: 25th-75th percentile of those forwards. "
+        'CPU time ms: median processor time the process used per forward (all its threads): other processes\' load '
+        'barely changes it; at 1 thread on an idle machine it equals CPU ms.',
+        'CPU peak MB: the most memory held at once by tensors allocated during the first forward through torch\'s '
+        'CPU allocator (activations, temporaries, output), above what was held before it (weights and input '
+        'excluded); from torch.profiler allocation events (profile_memory=True); not included: oneDNN/MKL internal '
+        'buffers.',
         'MACs: Conv2d + ConvTranspose2d only, for a 1280x720 output.']
     if s['gpu'] != 'none':
         lines.append('GPU: the same timing (synchronised) and peak definition (torch.cuda.max_memory_allocated minus '
-                     'the memory allocated before the forward) for a 1280x720 output.')
+                     f'the memory allocated before the forward) for the same {out_w}x{out_h} output.')
     return lines
 
 
@@ -331,12 +353,19 @@ def build_parser():
     p.add_argument('--out', default='results/model_report', help='folder for report.md and report.csv')
     p.add_argument('--models', default=','.join(MODELS), help=f'comma-separated subset of {",".join(MODELS)}')
     p.add_argument('--scales', default='2,3,4', help='comma-separated subset of 2,3,4 (IMDN_AS is measured at x4)')
-    p.add_argument('--lr-size', type=int, default=32, help='side of the square LR input of the CPU timing (default 32)')
-    p.add_argument('--warmup', type=int, default=3, help='untimed forwards before timing (default 3)')
-    p.add_argument('--repeats', type=int, default=15, help='timed forwards per model; median and IQR (default 15)')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch CPU threads (default 1: on a shared machine more threads wait for each other and '
-                        'timings swing by 10-100x; use the core count on an idle machine)')
+    p.add_argument('--output-size', default='1280x720',
+                   help='WxH of the output the latency is measured for (default 1280x720; the LR input is its size / '
+                        'scale)')
+    p.add_argument('--warmup', type=int, default=0,
+                   help='untimed forwards after the first, memory-measuring one (default 0)')
+    p.add_argument('--repeats', type=int, default=1,
+                   help='timed forwards per model; median and IQR (default 1: at 720p the DRN+ rows alone are '
+                        '~7 TMACs per pass, and the whole report must stay within minutes)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (default: one per visible core; on a shared machine, timings then swing '
+                        'with other processes\' load, which the CPU time column does not)')
+    p.add_argument('--plain', action='store_true',
+                   help='time the plain module (NCHW) instead of the fast inference form lwsr-upscale runs')
     p.add_argument('--no-gpu', action='store_true', help='skip the GPU columns even when CUDA is available')
     p.add_argument('--plot', metavar='RESULTS_CSV', help='only draw PSNR vs params from a CSV (name,params,psnr)')
     p.add_argument('--plot-out', default=None, help='PNG path for --plot (default: <out>/psnr_vs_params.png)')
@@ -356,7 +385,16 @@ def _jobs(parser, args):
         scales = set()
     if not scales or not scales <= {2, 3, 4}:
         parser.error(f'--scales {args.scales!r}: give a comma-separated subset of 2,3,4.')
-    for name, least in (('lr_size', 4), ('warmup', 0), ('repeats', 1), ('threads', 1)):
+    try:
+        size = tuple(int(v) for v in args.output_size.lower().split('x'))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 4:
+        parser.error(f'--output-size {args.output_size!r}: give WxH, both at least 4 (e.g. 1280x720).')
+    args.output_size = size
+    if args.threads is None:
+        args.threads = os.cpu_count() or 1
+    for name, least in (('warmup', 0), ('repeats', 1), ('threads', 1)):
         if getattr(args, name) < least:
             parser.error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be at least {least}.')
     jobs = [(k, s) for k in keys for s in MODELS[k][2] if s in scales]
@@ -388,7 +426,8 @@ def main(argv=None):
     from tqdm import tqdm
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and not args.no_gpu
-    settings = {'lr_size': args.lr_size, 'warmup': args.warmup, 'repeats': args.repeats, 'threads': args.threads,
+    settings = {'output_size': args.output_size, 'plain': args.plain, 'warmup': args.warmup,
+                'repeats': args.repeats, 'threads': args.threads,
                 'cores': os.cpu_count(), 'torch': torch.__version__,
                 'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
     csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')
@@ -405,7 +444,7 @@ def main(argv=None):
         for key, scale in bar:
             bar.set_postfix_str(f'{key} x{scale}')
             try:
-                row = measure(key, scale, args.lr_size, args.warmup, args.repeats, gpu)
+                row = measure(key, scale, args.output_size, args.warmup, args.repeats, gpu, args.plain)
             except Exception as err:  # one model failing (e.g. out of memory) must not cost the others' rows
                 failures.append(f'{key} x{scale}: {type(err).__name__}: {err}')
                 tqdm.write(f'lwsr-report: {failures[-1]}; skipped.', file=sys.stderr)

@@ -77,6 +77,9 @@ def write_image(path, img):
     """``img`` written to ``path`` in the format its extension names (cv2), under a temporary name with the same
     extension, renamed when complete (no half-written output under the final name)."""
     import cv2
+
+    from lwsr_plugin.compat import remove_stale_tmp_files
+    remove_stale_tmp_files(path)  # temporaries of killed runs
     tmp = f'{path}.tmp-{os.getpid()}{os.path.splitext(path)[1] or ".png"}'
     try:
         if not cv2.imwrite(tmp, img):
@@ -85,6 +88,78 @@ def write_image(path, img):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+MAX_INPUT_PIXELS = 2**28  # 268 M pixels (16384 x 16384): past this even decoding the input costs GBs
+MAX_OUTPUT_PIXELS = 2**31  # an 8-bit RGB output of 2 G pixels is 6 GB, its float intermediate 24 GB
+AUTO_TILE = 256  # LR tile side chosen when a whole-image forward would not fit
+
+
+def usage_problem(args):
+    """One line for a command line that cannot give a useful result, or None."""
+    if args.outscale is not None and not 0 < args.outscale <= 64:
+        return f'--outscale {args.outscale:g}: must be > 0 and at most 64 (the final size factor, e.g. 3.5).'
+    if args.tile < 0 or args.tile_overlap < 0 or args.tile_batch < 1:
+        return (f'--tile {args.tile} / --tile-overlap {args.tile_overlap} / --tile-batch {args.tile_batch}: tile and '
+                'overlap must be >= 0 (0 tile: whole image) and tile-batch >= 1.')
+    out_real = os.path.realpath(args.output)
+    for item in args.inputs:
+        folder = item if os.path.isdir(item) else os.path.dirname(item) or '.'
+        if os.path.realpath(folder) == out_real:  # realpath: a symlink or '..' route to the input folder counts
+            return (f'output folder {args.output} is the input folder {item} (directly or through a link); choose '
+                    'another -o so that inputs are never overwritten.')
+    parent = out_real
+    while not os.path.exists(parent):  # the folder that -o would be created in must be a writable folder
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return f'-o {args.output}: {parent} is not a writable folder. Choose a writable output folder.'
+    return None
+
+
+def check_image_size(path, factor):
+    """Refuse, from the header alone, an image too large to decode or upscale in memory."""
+    from lwsr_plugin.data.images import DataPrepError, image_size
+    from lwsr_plugin.inference import InferenceError
+    try:
+        w, h = image_size(path)
+    except (DataPrepError, OSError):
+        return  # undecodable files are reported by read_any
+    if w * h > MAX_INPUT_PIXELS or w * h * factor * factor > MAX_OUTPUT_PIXELS:
+        raise InferenceError(f'{w}x{h} pixels (x{factor:g} output {round(w * factor)}x{round(h * factor)}) is more '
+                             f'than this command holds in memory (input <= {MAX_INPUT_PIXELS:,} px, output <= '
+                             f'{MAX_OUTPUT_PIXELS:,} px); cut the image into parts first')
+
+
+def memory_budget(device):
+    """Bytes a forward pass may use: half the free memory of the device (GPU) or of the machine (CPU)."""
+    import torch
+    if str(device).startswith('cuda'):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free // 2
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 2
+    except (ValueError, OSError):
+        return 2**32
+
+
+class auto_tile:
+    """While active, ``up`` runs tiles of ``AUTO_TILE`` px when no ``--tile`` was given and a whole-image forward of an
+    ``hw`` network input would need more than ``memory_budget`` (estimate: 64 float32 feature maps at LR size, 4 alive
+    at once, plus the output), instead of running out of memory."""
+
+    def __init__(self, up, hw, tile, device):
+        self.up, self.saved = up, up.tile
+        need = hw[0] * hw[1] * (64 * 4 * 4 + 3 * 4 * up.scale ** 2)
+        self.tile = AUTO_TILE if not tile and need > memory_budget(device) else up.tile
+
+    def __enter__(self):
+        if self.tile != self.up.tile:
+            print(f'lwsr-upscale: image too large for one pass in memory; tiling it ({self.tile} px tiles).',
+                  file=sys.stderr)
+        self.up.tile = self.tile
+
+    def __exit__(self, *exc):
+        self.up.tile = self.saved
 
 
 def build_parser():
@@ -112,7 +187,10 @@ def build_parser():
     prec.add_argument('--half', action='store_true', help='float16 weights and activations (GPU)')
     p.add_argument('--no-channels-last', action='store_true', help='keep NCHW memory format')
     p.add_argument('--compile', action='store_true', help='torch.compile the network')
-    p.add_argument('--no-fast', action='store_true', help='run IMDN/IMDN_AS as the plain module, not FastIMDN')
+    p.add_argument('--no-fast', action='store_true',
+                   help="run the plain module instead of the arch's fast inference form (same output)")
+    p.add_argument('--no-cuda-graphs', action='store_true', help='on CUDA, launch kernels one by one instead of '
+                   'replaying a captured graph per tile shape')
     p.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:N' or auto (default)")
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return p
@@ -125,12 +203,10 @@ def main(argv=None):
 
     from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options
     out_dir = os.path.abspath(args.output)
-    for item in args.inputs:
-        folder = os.path.abspath(item if os.path.isdir(item) else os.path.dirname(item) or '.')
-        if folder == out_dir:
-            print(f'lwsr-upscale: output folder {args.output} is the input folder {item}; choose another -o so that '
-                  'inputs are never overwritten.', file=sys.stderr)
-            return 2
+    problem = usage_problem(args)
+    if problem:
+        print(f'lwsr-upscale: {problem}', file=sys.stderr)
+        return 2
     device = args.device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -139,7 +215,8 @@ def main(argv=None):
         net = load_model(net_opt, args.ckpt, args.param_key)
         precision = 'bf16' if args.bf16 else 'fp16' if args.half else 'fp32'
         up = Upscaler(net, device, args.tile, args.tile_overlap, args.tile_batch, args.ensemble, precision,
-                      not args.no_channels_last, args.compile, not args.no_fast, args.tile_stats)
+                      not args.no_channels_last, args.compile, not args.no_fast, args.tile_stats,
+                      not args.no_cuda_graphs)
     except (InferenceError, KeyError, TypeError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'lwsr-upscale: {msg}', file=sys.stderr)
@@ -148,7 +225,16 @@ def main(argv=None):
         print(f'lwsr-upscale: {up.name} upscales to any size; give --outscale (e.g. 3.5).', file=sys.stderr)
         return 2
     paths, failures = collect_inputs(args.inputs)
-    os.makedirs(out_dir, exist_ok=True)
+    if not paths:
+        print(f'lwsr-upscale: no image files in {" ".join(args.inputs)}; give image files or folders that hold '
+              'some.', file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        print(f'lwsr-upscale: -o {args.output}: cannot create the output folder ({err.strerror}). Choose a writable '
+              'folder.', file=sys.stderr)
+        return 2
     for msg in failures:
         tqdm.write(f'lwsr-upscale: {msg}', file=sys.stderr)
     done = 0
@@ -157,8 +243,12 @@ def main(argv=None):
         try:
             if os.path.exists(target) and not args.overwrite:
                 raise InferenceError(f'{target} exists; pass --overwrite to replace it')
+            check_image_size(path, args.outscale or up.scale)
             img = read_any(path)
-            write_image(target, up.upscale(img, args.outscale))
+            lr_hw = img.shape[:2] if up.scale != 1 else [round(n * args.outscale) for n in img.shape[:2]]
+            with auto_tile(up, lr_hw, args.tile, device):
+                result = up.upscale(img, args.outscale)
+            write_image(target, result)
             done += 1
         except (InferenceError, OSError, RuntimeError) as err:
             failures.append(f'{path}: {err}')

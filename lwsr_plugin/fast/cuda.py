@@ -1,0 +1,127 @@
+"""GPU-side helpers of inference (issue 15): CUDA graph replay for fixed input shapes, and the checks that decide
+whether a device / precision / compile request can run here (one line naming the flag and the fix otherwise).
+
+A network of this plugin launches hundreds of small kernels per forward (DRN: ~2,000); at 720p on a fast GPU the
+launch overhead, not the arithmetic, sets the frame rate. Tiled inference feeds windows of one fixed size, so one
+captured graph per window shape replays the whole forward with a single launch.
+"""
+import shutil
+
+import torch
+
+
+class RuntimeProblem(ValueError):
+    """A device / precision / compile request that cannot run on this machine; the message names the flag."""
+
+
+def check_runtime(device, precision='fp32', compile=False):
+    """``torch.device`` for ``device`` ('cpu', 'cuda', 'cuda:N'), after checking that it exists and that
+    ``precision`` and ``compile`` work on it; raises :class:`RuntimeProblem` naming the flag and the fix."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RuntimeProblem(f"--device {device}: not a device name; use cpu, cuda or cuda:N.") from None
+    if dev.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeProblem(f'--device {device}: no CUDA device on this machine; use --device cpu.')
+        if dev.index is not None and dev.index >= count:
+            raise RuntimeProblem(f'--device {device}: this machine has {count} CUDA device(s) (cuda:0 to '
+                                 f'cuda:{count - 1}); use one of those or --device cpu.')
+    elif dev.type != 'cpu':
+        raise RuntimeProblem(f'--device {device}: only cpu and cuda devices are supported; use cpu or cuda:N.')
+    if precision == 'fp16' and dev.type == 'cpu':
+        raise RuntimeProblem('--half: float16 inference needs a CUDA device (CPU fp16 convs are slow and '
+                             'inexact); use --bf16 on CPU, or --device cuda.')
+    if compile:
+        problem = compile_problem(dev)
+        if problem:
+            raise RuntimeProblem(f'--compile: {problem}; drop --compile (the fast eager forms need no compiler).')
+    return dev
+
+
+def compile_problem(dev):
+    """Why ``torch.compile`` cannot run on ``dev`` here, or None."""
+    if not hasattr(torch, 'compile'):
+        return f'this PyTorch ({torch.__version__}) has no torch.compile'
+    try:
+        from torch import _dynamo
+        if not _dynamo.is_dynamo_supported():
+            return 'torch.compile does not support this Python version'
+    except Exception as err:  # a broken install: the reason is in the exception
+        return f'torch.compile cannot start ({type(err).__name__}: {err})'
+    if dev.type == 'cpu':
+        from torch._inductor import config
+        compiler = getattr(getattr(config, 'cpp', None), 'cxx', (None, 'g++'))
+        names = [c for c in (compiler if isinstance(compiler, (tuple, list)) else (compiler, )) if c]
+        if not any(shutil.which(c) for c in names + ['g++', 'c++', 'clang++']):
+            return 'no C++ compiler found for its CPU backend (install g++)'
+    else:
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            return 'its CUDA backend needs Triton, which this PyTorch cannot find'
+        if not has_triton():
+            return 'its CUDA backend needs Triton (pip install triton)'
+    return None
+
+
+class GraphForward:
+    """``fn(x)`` through CUDA graphs: one graph per input (shape, dtype, strides), captured the second time that
+    input kind is seen (a one-off image size is not worth a capture; tiles repeat) after ``warmup`` eager calls on a
+    side stream, then replayed with ``x`` copied into its static input. Falls back to ``fn(x)`` for CPU inputs, while
+    ``enabled()`` is False (e.g. tile statistics hooks that must run in Python), beyond ``max_graphs`` shapes, and
+    for good after a failed capture (some ops cannot be captured).
+
+    The returned tensor is a copy of the graph's static output (the next replay overwrites that).
+
+    Args:
+        fn (callable): The forward, a function of one tensor.
+        enabled (callable | None): Returns whether graphs may be used for this call. Default: always.
+        max_graphs (int): Shapes kept (each holds its activations' memory). Default: 4.
+        warmup (int): Eager calls on the side stream before capture (allocator warm-up). Default: 1.
+    """
+
+    def __init__(self, fn, enabled=None, max_graphs=4, warmup=1):
+        self.fn, self.enabled, self.max_graphs, self.warmup = fn, enabled, max_graphs, warmup
+        self.graphs, self.seen = {}, {}
+        self.failed = None  # the capture error, once one happened
+
+    def usable(self, x):
+        """Whether this call may replay / capture a graph."""
+        return (x.is_cuda and self.failed is None and (self.enabled is None or self.enabled())
+                and not torch.cuda.is_current_stream_capturing())
+
+    def __call__(self, x):
+        if not self.usable(x):
+            return self.fn(x)
+        key = (tuple(x.shape), x.dtype, x.stride(), x.device)
+        entry = self.graphs.get(key)
+        if entry is None:
+            self.seen[key] = self.seen.get(key, 0) + 1
+            if self.seen[key] < 2 or len(self.graphs) >= self.max_graphs:
+                return self.fn(x)
+            try:
+                entry = self._capture(x)
+            except RuntimeError as err:
+                self.failed = err
+                self.graphs.clear()
+                return self.fn(x)
+            self.graphs[key] = entry
+        static_in, static_out, graph = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x):
+        static_in = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(static_in)
+        return static_in, static_out, graph

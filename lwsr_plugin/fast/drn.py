@@ -1,0 +1,91 @@
+"""Fast inference form of DRN / DRN+ (Sun et al., ICME 2019, §2.1-2.3: LFE, residual distilling groups and blocks,
+eqs. 1-15, pixel-shuffle reconstruction), the module's arithmetic rearranged:
+
+* Each RDB grows its channels (eq. 9: D_{i+1} = D_i + d) inside one reused buffer of the final width, its not yet
+  written channels zero: every step's first 1x1 conv reads the whole buffer with its weight zero-padded to that width
+  (a dense input; the slice ``[:D_i]`` of a channels_last map would be a strided view that oneDNN copies), and the
+  step's output ``[x + residual, distilled]`` (eq. 11) is one in-place add of its D_i + d channels into the buffer
+  (the distilled part lands on zeros). No ``torch.split`` / ``torch.cat`` per step.
+* ELU (alpha 0.2) in place with the vectorised ``exp`` on a reused temporary, its argument clamped at -20
+  (:func:`~lwsr_plugin.fast.ops.elu_`): exp of large negative values takes a 10-20x slower path, and
+  exp(x) - 1 is -1 below -17 in fp32 anyway.
+* The output mean shift and the division by ``img_range`` are folded into the last conv (both are affine maps after
+  it, so no border effect).
+"""
+import torch
+from torch import nn
+
+from lwsr_plugin.archs.drn_arch import DRN
+from .ops import FastConv, FastForm, ShuffleConv, elu_, fold_output_affine
+
+
+class _FastRDB(nn.Module):
+
+    def __init__(self, rdb):
+        super().__init__()
+        self.alpha = rdb.fusion[1].alpha
+        self.entry = None if isinstance(rdb.entry, nn.Identity) else FastConv.from_conv(rdb.entry[0])
+        self.width = rdb.fusion[0].in_channels
+        self.first = rdb.steps[0].split[0]
+        convs = nn.ModuleList()
+        for step in rdb.steps:
+            c1, c2, c3 = step.body[0], step.body[2], step.body[4]
+            w = c1.weight.new_zeros(c1.out_channels, self.width, 1, 1)
+            w[:, :c1.in_channels] = c1.weight
+            convs.append(nn.ModuleList([FastConv(w, c1.bias), FastConv.from_conv(c2), FastConv.from_conv(c3)]))
+        self.steps = convs
+        self.fusion = FastConv.from_conv(rdb.fusion[0])
+
+    def forward(self, x, buf, tmp):
+        a = self.alpha
+        first = self.first
+        if self.entry is None:
+            buf[:, :first].copy_(x)
+        else:
+            buf[:, :first].copy_(elu_(self.entry(x), a, tmp))
+        buf[:, first:].zero_()
+        for c1, c2, c3 in self.steps:
+            out = elu_(c3(elu_(c2(elu_(c1(buf), a, tmp)), a, tmp)), a, tmp)
+            buf[:, :out.shape[1]].add_(out)
+        return elu_(self.fusion(buf), a, tmp)
+
+
+class FastDRN(FastForm):
+    """Wraps a trained DRN / DRN+ for inference; ``forward`` returns what ``DRN.forward`` returns (to ~1e-6).
+
+    Args:
+        net (DRN): The trained network.
+    """
+
+    arch = (DRN, )
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.lfe = FastConv.from_conv(net.lfe)
+        self.groups = nn.ModuleList()
+        self.group_fusion = []
+        for rdg in net.rdgs:
+            layers = list(rdg.body)
+            rdbs = nn.ModuleList(_FastRDB(m) for m in layers if type(m).__name__ == 'RDB')
+            fusion = FastConv.from_conv(layers[-2]) if isinstance(layers[-2], nn.Conv2d) else None
+            self.groups.append(nn.ModuleList([rdbs, nn.ModuleList([fusion] if fusion is not None else [])]))
+        self.alpha = net.rdgs[0].body[0].fusion[1].alpha
+        self.upsampler = ShuffleConv(FastConv.from_conv(net.upsample[0]), net.upscale)
+        self.conv_out = fold_output_affine(net.conv_out, net.add_mean, 1 / net.img_range)
+
+    def _forward(self, x):
+        net = self.net
+        y0 = self.lfe.head(net.sub_mean(x * net.img_range))
+        n, _, h, w = y0.shape
+        rdb0 = self.groups[0][0][0]
+        buf, tmp = self.scratch.get(y0, ((n, rdb0.width, h, w), (n * rdb0.width * h * w, )))
+        y = y0
+        for rdbs, fusion in self.groups:
+            g = y
+            for rdb in rdbs:
+                g = rdb(g, buf, tmp)
+            if len(fusion):
+                g = elu_(fusion[0](g), self.alpha, tmp)
+            y = g.add_(y)  # Y_g = F_g(Y_{g-1}) + Y_{g-1}
+        y = y.add_(y0)  # eq. 3: Y_DF = Y_0 + Y_RDGs
+        return self.conv_out(self.upsampler(y))

@@ -1,0 +1,150 @@
+"""Fast inference forms of the IMDN family (issue 7, issue 15): the arithmetic of ``IMDN.forward`` / ``IMDN_RTC``
+(Hui et al., ACM MM 2019, §3.1-3.2: IMDB eqs. 3-5, IIC, pixel-shuffle upsampler), rearranged for memory traffic.
+
+What changes, each for a measured reason (``scripts/benchmark_inference.py``):
+
+* Each distillation conv (c1-c3) runs as two convs, the "refined" and the "coarse" output channels: slicing the
+  coarse channels out of a channels_last map is a strided view, which oneDNN first copies to a dense tensor; two
+  dense outputs cost less than that copy. LeakyReLU is their fused post-op (:class:`~lwsr_plugin.fast.ops.FastConv`).
+* The four refined parts are written into one reused buffer instead of a fresh ``torch.cat`` result, and the block
+  outputs into one reused ``num_block * C``-channel buffer: large fresh tensors page-fault on first touch.
+* The CCA statistics (eq. 5) are two plain reductions over a 2-D view instead of ``std_mean`` (Welford), and the
+  attention weights scale the reused buffer in place; the 1x1 fusion conv adds the block input as a post-op.
+
+Output equals the module's to ~5e-6 (fp32). Split convs hold copies of the conv weights; the CCA layers stay the
+wrapped network's (their ``stats_hook`` serves tiled inference).
+"""
+import torch
+from torch import nn
+
+from lwsr_plugin.archs.imdn_arch import IMDN, IMDN_AS, IMDN_RTC, adaptive_crop_forward
+from .ops import FastConv, FastForm, ShuffleConv, split_conv
+
+
+def _statistics(cca, x, spare):
+    """std + mean per channel (eq. 5) as two reductions over a (N, HW, C) or (N, C, HW) view."""
+    if cca.stats_hook is not None:
+        return cca.statistics(x)
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        flat, dim = x.permute(0, 2, 3, 1).reshape(n, h * w, c), 1
+    else:  # the other layout ``Scratch`` allocates: contiguous NCHW
+        flat, dim = x.reshape(n, c, h * w), 2
+    # sums accumulate in float32 inside the kernel even for bf16/fp16 inputs; dtype= would copy the map first
+    mean = flat.sum(dim, keepdim=True).float().div_(h * w)
+    dev = torch.sub(flat, mean.to(x.dtype), out=spare[:flat.numel()].view(flat.shape))
+    var = dev.square_().sum(dim, keepdim=True).float().div_(h * w)
+    return (var.sqrt_() + mean).to(x.dtype).reshape(n, c, 1, 1)
+
+
+# narrowest refined part worth a conv of its own: IMDN_RTC's 3-channel parts are too narrow for oneDNN's blocked
+# kernels (split, its fp32 forward took 1.28x the module's; unsplit 0.95-1.0x), IMDN's 16 are not
+_SPLIT_MIN = 8
+
+
+class _FastIMDB(nn.Module):
+    """One IMDB (eqs. 3-5) as split / fused convs; the CCA layer is the trained block's own."""
+
+    def __init__(self, blk):
+        super().__init__()
+        slope = blk.act.negative_slope
+        self.d = blk.distilled
+        self.split = blk.distilled >= _SPLIT_MIN
+        sizes = (blk.distilled, blk.remaining) if self.split else (blk.distilled + blk.remaining, )
+        self.steps = nn.ModuleList(split_conv(c, sizes, 'lrelu', slope) for c in (blk.c1, blk.c2, blk.c3))
+        self.c4 = FastConv.from_conv(blk.c4)
+        self.c5 = FastConv.from_conv(blk.c5)
+        self.cca = blk.cca if hasattr(blk.cca, 'conv_du') else None
+
+    def forward(self, x, refined, spare):
+        d = self.d
+        coarse = x
+        for j, convs in enumerate(self.steps):
+            if self.split:
+                refined[:, j * d:(j + 1) * d].copy_(convs[0](coarse))
+                coarse = convs[1](coarse)
+            else:
+                out = convs[0](coarse)
+                refined[:, j * d:(j + 1) * d].copy_(out[:, :d])
+                coarse = out[:, d:]
+        refined[:, 3 * d:].copy_(self.c4(coarse))
+        if self.cca is not None:
+            refined.mul_(self.cca.conv_du(_statistics(self.cca, refined, spare)))
+        return self.c5(refined, x)
+
+
+class FastIMDN(FastForm):
+    """Wraps a trained IMDN or IMDN_AS for inference (eval mode, no autograd); ``forward`` returns what the wrapped
+    network's ``forward`` returns.
+
+    Args:
+        net (IMDN | IMDN_AS): The trained network.
+    """
+
+    arch = (IMDN, IMDN_AS)
+
+    def __init__(self, net):
+        super().__init__(net)
+        if isinstance(net, IMDN_AS):  # two stride-2 convs bring the resized image to 1/4 resolution
+            self.head = nn.ModuleList([FastConv.from_conv(net.fea_conv[0], 'lrelu', net.fea_conv[1].negative_slope),
+                                       FastConv.from_conv(net.fea_conv[2])])
+        else:
+            self.head = nn.ModuleList([FastConv.from_conv(net.fea_conv)])
+        self.blocks = nn.ModuleList(_FastIMDB(getattr(net, f'IMDB{i}')) for i in range(1, net.num_block + 1))
+        self.fuse = FastConv.from_conv(net.c[0], 'lrelu', net.c[1].negative_slope)
+        self.lr_conv = FastConv.from_conv(net.LR_conv)
+        self.upsampler = ShuffleConv(FastConv.from_conv(net.upsampler[0]), net.upsampler[1].upscale_factor)
+
+    def _whole(self, x):
+        fea = self.head[0].head(x)
+        for conv in self.head[1:]:
+            fea = conv(fea)
+        n, c, h, w = fea.shape
+        trunk, refined, spare = self.scratch.get(fea, ((n, c * len(self.blocks), h, w), (n, 4 * self.blocks[0].d, h, w),
+                                                       (n * 4 * self.blocks[0].d * h * w, )))
+        out = fea
+        for i, blk in enumerate(self.blocks):
+            out = blk(out, refined, spare)
+            trunk[:, i * c:(i + 1) * c].copy_(out)
+        return self.upsampler(self.lr_conv(self.fuse(trunk), fea))
+
+    def _forward(self, x):
+        if isinstance(self.net, IMDN_AS):
+            h, w = x.shape[-2:]
+            if h % 4 or w % 4:
+                return adaptive_crop_forward(self._whole, x, self.net.acs_padding)
+        return self._whole(x)
+
+
+class FastIMDN_RTC(FastForm):
+    """Wraps a trained IMDN_RTC (the official real-time model: IMDBs without attention, 1x1 conv + long skip,
+    pixel-shuffle upsampler) for inference; it computes in NCHW (see ``_forward``).
+
+    Args:
+        net (IMDN_RTC): The trained network.
+    """
+
+    arch = (IMDN_RTC, )
+
+    def __init__(self, net):
+        super().__init__(net)
+        head, shortcut, up_conv, shuffle = net.model
+        *blocks, tail = shortcut.sub
+        self.head = FastConv.from_conv(head)
+        self.blocks = nn.ModuleList(_FastIMDB(b) for b in blocks)
+        self.tail = FastConv.from_conv(tail)
+        self.upsampler = ShuffleConv(FastConv.from_conv(up_conv), shuffle.upscale_factor)
+
+    def _forward(self, x):
+        # NCHW whatever the caller's layout: at batch 1 each step's coarse channels are then a dense view of its conv
+        # output, where channels_last makes them a strided slice that oneDNN copies (12-channel maps: the copies, not
+        # the convs, set the pace; NCHW measured 0.72x of channels_last here, medians of 7 rounds)
+        x = x.contiguous()
+        fea = self.head.head(x)
+        n, _, h, w = fea.shape
+        d = self.blocks[0].d
+        refined, = self.scratch.get(fea, ((n, 4 * d, h, w), ))
+        out = fea
+        for blk in self.blocks:
+            out = blk(out, refined, None)
+        return self.upsampler(self.tail(out, fea))
