@@ -17,7 +17,8 @@ _lwsr_plugin_startup.install()  # torchvision alias + registration on `import ba
 if 'basicsr' in sys.modules:
     register()
 
-_LAZY = ('archs', 'compat', 'data', 'losses', 'metrics', 'models', 'inference', 'fast', 'fast_imdn', 'ops', 'convert', 'training_state', 'reproduce')
+_LAZY = ('archs', 'compat', 'data', 'losses', 'metrics', 'models', 'inference', 'fast', 'fast_imdn', 'ops', 'convert',
+         'training_state', 'reproduce')
 
 
 def __getattr__(name):  # `lwsr_plugin.archs.imdn_arch` without an import statement, as before
