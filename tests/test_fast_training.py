@@ -78,8 +78,8 @@ def test_safetensors_round_trip_through_pretrain_and_inference(tmp_path, dataset
          '-o', str(sr), '--arch', 'IMDN', '--scale', '4', '--arch-kwarg', 'num_feat=8', '--arch-kwarg', 'num_block=1',
          '--ckpt', ckpt], cwd=work)
     assert os.listdir(sr)
-    opt3 = write_options(tmp_path / 'opt3.yml', **dict(FAST, **{
-        'name': 'wrong', 'path.pretrain_network_g': ckpt, 'network_g.upscale': 2, 'scale': 2}))
+    opt3 = write_options(tmp_path / 'opt3.yml', **dict(FAST, **{  # the checkpoint of a narrower network
+        'name': 'wrong', 'path.pretrain_network_g': ckpt, 'network_g.num_feat': 12}))
     proc = run([PY, '-m', 'lwsr_plugin.train', '-opt', opt3], cwd=work, check=False)
     assert proc.returncode != 0 and 'does not fit network_g' in proc.stdout and 'Traceback' not in proc.stdout
 
