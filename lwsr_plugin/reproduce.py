@@ -78,8 +78,9 @@ def training_data(recipe, train_set, workdir):
     y = recipe.data == '291'  # IDN trains on Y; the others on RGB
     name = '291_Y' if y else '291'
     hr, lr = f'datasets/291/{name}_HR.lmdb', f'datasets/291/{name}_LR_bicubic_X{scale}.lmdb'
+    # --min-size: every record must give a training patch (the loader checks gt_size against the smallest image)
     prepare = ('lwsr-prepare-291 --input datasets/T91 datasets/BSD200 --out datasets/291'
-               + (' --y-only' if y else f' --min-size {train_set.get("gt_size", 0)}'))
+               + (' --y-only' if y else '') + f' --min-size {train_set.get("gt_size", 0)}')
     if recipe.data == 'DIV2K' and _exists(workdir, hr) and _exists(workdir, lr):
         fallback = dict(train_set, dataroot_gt=hr, dataroot_lq=lr, io_backend={'type': 'lmdb'})
         fallback.pop('meta_info_file', None)

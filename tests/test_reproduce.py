@@ -37,7 +37,8 @@ def test_missing_training_data_is_refused_with_the_command(tmp_path):
                cwd=str(tmp_path), check=False)
     assert proc.returncode == 2 and 'Traceback' not in proc.stdout
     assert 'datasets/291/291_Y_HR.lmdb is missing' in proc.stdout
-    assert 'lwsr-prepare-291 --input datasets/T91 datasets/BSD200 --out datasets/291 --y-only' in proc.stdout
+    assert 'lwsr-prepare-291 --input datasets/T91 datasets/BSD200 --out datasets/291 --y-only --min-size 78' \
+        in proc.stdout
 
 
 @pytest.mark.slow
