@@ -150,7 +150,6 @@ class Recorder:
         self.eval_s = 0.0
         self._last = None
         self.start = None
-        self.done_iter = 0
 
     def progress(self, current_iter):
         if self.budget_s:
@@ -172,7 +171,6 @@ class Recorder:
         if finished:
             if not self.rows or self.rows[-1]['iteration'] != done:
                 self.evaluate(done)
-            self.done_iter = done
             raise _BudgetSpent()
         if self.schedule_kind == 'cosine':
             if self.schedule is None:
@@ -293,7 +291,7 @@ def run(recipe_name, minutes=None, iters=None, options_dir='options', out='resul
 
 def _write_text(path, text):
     tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with open(tmp, 'w', newline='', encoding='utf-8') as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -307,13 +305,13 @@ def _device_line(model):
 
 def write_curve(path, rows, sets):
     """The evaluations as CSV (iteration, training/wall seconds, PSNR and SSIM per set), written atomically."""
+    import io
     columns = ['iteration', 'train_seconds', 'wall_seconds'] + [f'{s}_{m}' for s in sets for m in ('psnr', 'ssim')]
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline='')
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, text.getvalue())
 
 
 def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, iters, schedule):

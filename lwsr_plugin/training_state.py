@@ -243,7 +243,7 @@ def prepare_resume(resume_state):
                                   'the epoch restarts from its first batch and the random generators are fresh, as '
                                   'in BasicSR; the run will not equal an uninterrupted one.')
         return
-    _PENDING.update(entry=entry, rank=get_dist_info()[0], iter=int(resume_state['iter']))
+    _PENDING.update(entry=entry, rank=get_dist_info()[0])
 
 
 def _resume_position(sampler, info):
