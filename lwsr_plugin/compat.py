@@ -497,6 +497,31 @@ def _fsync(path):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_target(path, suffix='', fsync=True):
+    """The one temp-and-rename mechanism of every file the plugin writes: yields ``<path>.tmp-<pid><suffix>`` beside
+    ``path`` (``suffix`` keeps the extension a writer picks its format by) and, when the block completes, fsyncs it
+    and renames it to ``path``; on any error, or a kill, nothing half-written is ever under ``path`` and the temp
+    file is removed (or, after a kill, by the next writer of ``path``)."""
+    path = os.fspath(path)
+    remove_stale_tmp_files(path)
+    tmp = f'{path}.tmp-{os.getpid()}{suffix}'
+    try:
+        yield tmp
+        if fsync:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path, text):
+    """``text`` (UTF-8, newlines as given) to ``path`` through ``atomic_target``."""
+    with atomic_target(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
+        f.write(text)
+
+
 def atomic_save(obj, f, *args, **kwargs):
     """``torch.save`` to a temp file renamed into place: a process killed while saving never leaves a truncated file
     under the final name, and the leftovers of killed saves beside it are removed. A failed write (full disk) raises
@@ -504,17 +529,11 @@ def atomic_save(obj, f, *args, **kwargs):
     if not isinstance(f, (str, os.PathLike)):
         return torch.save(obj, f, *args, **kwargs)
     f = os.fspath(f)
-    remove_stale_tmp_files(f)
-    tmp = f'{f}.tmp-{os.getpid()}'
     try:
-        torch.save(obj, tmp, *args, **kwargs)
-        _fsync(tmp)
-        os.replace(tmp, f)
+        with atomic_target(f) as tmp:
+            torch.save(obj, tmp, *args, **kwargs)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as RuntimeError('unexpected pos')
         raise _write_failure(f, err) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 _EXTRA_STATE = {}
@@ -577,19 +596,14 @@ def save_safetensors(tensors, path, metadata=None):
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     path = os.fspath(path)
-    remove_stale_tmp_files(path)
-    tmp = f'{path}.tmp-{os.getpid()}'
     try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        _fsync(tmp)
-        if not _safetensors_complete(tmp):
-            raise OSError(28, 'the file is shorter than its header says (No space left on device?)')
-        os.replace(tmp, path)
+        with atomic_target(path, fsync=False) as tmp:  # fsynced below, before the completeness check
+            save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+            _fsync(tmp)
+            if not _safetensors_complete(tmp):
+                raise OSError(28, 'the file is shorter than its header says (No space left on device?)')
     except (OSError, SafetensorError) as err:  # SafetensorError carries the OS error as text
         raise _write_failure(path, err) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _read_safetensors(load_path, param_key):

@@ -174,17 +174,12 @@ def atomic_result_images():
         return
 
     def imwrite(img, file_path, params=None, auto_mkdir=True):
-        from lwsr_plugin.compat import remove_stale_tmp_files
+        from lwsr_plugin.compat import atomic_target
         if auto_mkdir:
             os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-        remove_stale_tmp_files(file_path)
-        tmp = f'{file_path}.tmp-{os.getpid()}{os.path.splitext(file_path)[1]}'  # cv2 picks the codec by extension
-        try:
+        # the suffix keeps the extension: cv2 picks the codec by it; no fsync per validation image (not a checkpoint)
+        with atomic_target(file_path, suffix=os.path.splitext(file_path)[1], fsync=False) as tmp:
             ok = original(img, tmp, params, auto_mkdir)
-            os.replace(tmp, file_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return ok
 
     imwrite._lwsr_atomic = True

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lwsr_plugin.compat import atomic_save, atomic_target, write_text_atomic
 from lwsr_plugin.options import load_yaml
 
 # Bicubic on the Y channel, border = scale (IDN Table 2, the same numbers in IMDN's and DRN's tables)
@@ -249,7 +250,7 @@ def run(recipe_name, minutes=None, iters=None, options_dir='options', out='resul
                                            sets)
     opt['path']['root'] = os.path.abspath(out_dir)  # experiments/ and the log go beside the results
     opt_path = os.path.abspath(os.path.join(out_dir, 'options.yml'))
-    _write_text(opt_path, yaml.safe_dump(opt, sort_keys=False))
+    write_text_atomic(opt_path, yaml.safe_dump(opt, sort_keys=False))
 
     recorder = Recorder(minutes, iters, evals, schedule)
     build_model, make_loaders = train_mod.build_model, train_mod.create_train_val_dataloader
@@ -289,13 +290,6 @@ def run(recipe_name, minutes=None, iters=None, options_dir='options', out='resul
     return _write_results(recipe_name, recipe, opt, recorder, out_dir, data_note, minutes, iters, schedule)
 
 
-def _write_text(path, text):
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', newline='', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _device_line(model):
     device = model.device
     if device.type == 'cuda':
@@ -311,7 +305,7 @@ def write_curve(path, rows, sets):
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(path, text.getvalue())
+    write_text_atomic(path, text.getvalue())
 
 
 def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, iters, schedule):
@@ -321,9 +315,8 @@ def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, ite
 
     model = recorder.model
     net = model.get_bare_model(model.net_g)
-    tmp = os.path.join(out_dir, f'net_g.pth.tmp-{os.getpid()}')
-    torch.save({'params': {k: v.detach().cpu() for k, v in net.state_dict().items()}}, tmp)
-    os.replace(tmp, os.path.join(out_dir, 'net_g.pth'))
+    atomic_save({'params': {k: v.detach().cpu() for k, v in net.state_dict().items()}},
+                os.path.join(out_dir, 'net_g.pth'))
 
     final = rows[-1]
     bicubic = BICUBIC.get(recipe.scale, {})
@@ -349,7 +342,7 @@ def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, ite
                      f'{f"{psnr - p:+.2f}" if p is not None else "-"} |')
         summary['sets'][s] = {'psnr': psnr, 'ssim': ssim, 'bicubic': b, 'paper': p}
     lines += ['', f'Paper numbers: {recipe.paper_source}. Bicubic: IDN Table 2. The curve: curve.csv, curve.png.', '']
-    _write_text(os.path.join(out_dir, 'summary.md'), '\n'.join(lines))
+    write_text_atomic(os.path.join(out_dir, 'summary.md'), '\n'.join(lines))
     print('\n'.join(lines), flush=True)
     return summary
 
@@ -374,7 +367,8 @@ def _plot(rows, sets, recipe, bicubic, path, name):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f'{path}.tmp-{os.getpid()}.png'
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_target(path, suffix='.png') as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

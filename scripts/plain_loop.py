@@ -87,7 +87,7 @@ def evaluate(net, val_sets, scale, y_only, device):
                     out_img, gt_img = out_img[..., ::-1], gt_img[..., ::-1]
                 psnr += calculate_psnr(out_img, gt_img, crop_border=scale, test_y_channel=not y_only)
                 ssim += calculate_ssim(out_img, gt_img, crop_border=scale, test_y_channel=not y_only)
-            results[name] = (psnr / len(pairs), ssim / len(pairs))
+            results[name] = (float(psnr) / len(pairs), float(ssim) / len(pairs))
     net.train()
     return results
 
@@ -122,6 +122,10 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(data, batch_size=train['batch_size_per_gpu'], shuffle=True, drop_last=True,
                                          num_workers=int(train.get('num_worker_per_gpu', 0)),
                                          worker_init_fn=_seed_worker, persistent_workers=False)
+    if len(loader) == 0:
+        print(f'plain_loop: {train["dataroot_gt"]} holds {len(data)} records, fewer than one batch of '
+              f'{train["batch_size_per_gpu"]}; prepare the full set (see docs/reproduction.md).', file=sys.stderr)
+        return 2
     kwargs = {k: v for k, v in opt['network_g'].items() if k != 'type'}
     net = ARCH_REGISTRY.get(opt['network_g']['type'])(**kwargs).to(device)
     optim_opt = dict(opt['train']['optim_g'])

@@ -70,3 +70,72 @@ def test_tiny_idn_x3_run_writes_curve_plot_weights_summary(tmp_path, datasets_di
     from lwsr_plugin.archs.idn_arch import IDN
     IDN(num_in_ch=1, num_out_ch=1, upscale=3).load_state_dict(params)
     assert 'Set5' in out and 'lwsr-reproduce IDN_x3' in out
+
+
+def _tiny_291_sources(tmp_path, datasets_dir):
+    """T91/ (3 images), BSD200/ (1) and Set5/ as the data folder of scripts/gpu_proof.py."""
+    data = tmp_path / 'data'
+    for sub, n in (('T91', 3), ('BSD200', 1)):
+        (data / sub).mkdir(parents=True)
+        for name in sorted(os.listdir(os.path.join(datasets_dir, sub)))[:n]:
+            os.symlink(os.path.join(datasets_dir, sub, name), data / sub / name)
+    os.symlink(os.path.join(datasets_dir, 'Set5'), data / 'Set5')
+    return data
+
+
+@pytest.mark.slow
+def test_gpu_proof_script_runs_its_idn_stage_here_and_skips_what_does_not_fit(tmp_path, datasets_dir):
+    """The prepared device run, on this CPU: 291 preparation, lwsr-reproduce IDN x3 within the budget, the results
+    copied under their recipe's name (the device tool brings back at most 8 files); a budget too small is a skip."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'gpu_proof.py')
+    data = _tiny_291_sources(tmp_path, datasets_dir)
+    out = tmp_path / 'out'
+    proc = run([PY, script, '--data', str(data), '--out', str(out), '--work', str(tmp_path / 'work'),
+                '--budget-s', '400', '--stages', 'idn', '--idn-minutes', '0.03', '--evals', '2'], cwd=str(tmp_path))
+    assert sorted(os.listdir(out)) == ['IDN_x3_curve.csv', 'IDN_x3_curve.png', 'IDN_x3_summary.md', 'proof.log']
+    with open(out / 'IDN_x3_curve.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(20 < float(r['Set5_psnr']) < 40 for r in rows)
+    assert 'schedule: cosine' in (out / 'IDN_x3_summary.md').read_text().lower().replace('**', '')
+    log = (out / 'proof.log').read_text()
+    assert 'lwsr_plugin.data.set291' in log and 'lwsr-reproduce exit 0' in log and 'done (exit 0)' in proc.stdout
+
+    small = run([PY, script, '--data', str(data), '--out', str(tmp_path / 'out2'), '--work', str(tmp_path / 'w2'),
+                 '--budget-s', '100', '--stages', 'idn'], cwd=str(tmp_path), check=False)
+    assert small.returncode == 1 and 'idn: skipped' in small.stdout
+
+
+def test_gpu_proof_script_names_a_missing_data_folder(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'gpu_proof.py')
+    (tmp_path / 'data' / 'T91').mkdir(parents=True)
+    proc = run([PY, script, '--data', str(tmp_path / 'data'), '--out', str(tmp_path / 'out')], cwd=str(tmp_path),
+               check=False)
+    assert proc.returncode == 2 and 'BSD200/ is missing' in proc.stdout and 'Traceback' not in proc.stdout
+
+
+@pytest.mark.slow
+def test_plain_loop_writes_the_same_curve_columns(tmp_path, datasets_dir):
+    """scripts/plain_loop.py (the papers' recipe without BasicSR, the side-by-side of docs/reproduction.md): a tiny
+    run on a 291-style LMDB, evaluated with BasicSR's metrics at the log-spaced moments, in lwsr-reproduce's CSV."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = _tiny_291_sources(tmp_path, datasets_dir)
+    work = tmp_path / 'work'
+    (work / 'datasets').mkdir(parents=True)
+    os.symlink(data / 'Set5', work / 'datasets' / 'Set5')
+    plain = [PY, os.path.join(repo, 'scripts', 'plain_loop.py'), '--recipe', 'IDN_x3', '--iters', '3', '--options',
+             os.path.join(repo, 'options'), '--out', str(tmp_path / 'plain')]
+    run([PY, '-m', 'lwsr_plugin.data.set291', '--input', str(data / 'T91'), '--out', 'datasets/291', '--y-only',
+         '--factors', '1.0', '--scales', '3', '--workers', '1'], cwd=str(work))
+    small = run(plain, cwd=str(work), check=False, timeout=120)  # 3 images x 8 flips/rotations: not one batch of 64
+    assert small.returncode == 2 and 'records, fewer than one batch of 64' in small.stdout
+    run([PY, '-m', 'lwsr_plugin.data.set291', '--input', str(data / 'T91'), '--out', 'datasets/291', '--y-only',
+         '--scales', '3', '--workers', '1', '--overwrite'], cwd=str(work))
+    proc = run([PY, os.path.join(repo, 'scripts', 'plain_loop.py'), '--recipe', 'IDN_x3', '--iters', '3', '--evals',
+                '2', '--sets', 'Set5', '--options', os.path.join(repo, 'options'), '--out', str(tmp_path / 'plain')],
+               cwd=str(work))
+    with open(tmp_path / 'plain' / 'IDN_x3' / 'curve.csv') as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ['iteration', 'train_seconds', 'wall_seconds', 'Set5_psnr', 'Set5_ssim']
+    assert [int(r['iteration']) for r in rows] == [2, 3] and all(20 < float(r['Set5_psnr']) < 40 for r in rows)
+    assert 'np.float64' not in proc.stdout and 'plain loop IDN_x3' in proc.stdout

@@ -334,10 +334,8 @@ def paper_tables(argv):
     text = paper_tables_markdown(results, sets, scales, command, time.time() - start)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = f'{out}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, out)
+    from lwsr_plugin.compat import write_text_atomic
+    write_text_atomic(out, text)
     print(f'lwsr-evaluate: wrote {args.out}')
     return 0
 

@@ -276,19 +276,6 @@ def markdown(rows, settings, footer=''):
     return '\n'.join(lines) + '\n' + (f'\n{footer}\n' if footer else '')
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` under a temporary name and rename it when complete: a reader (or a killed run)
-    sees the old file or the new one, never half of one."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        with open(tmp, 'w', newline='', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def csv_text(rows):
     """The rows as CSV text with the ``FIELDS`` header (empty cells for values that do not apply)."""
     import io
@@ -335,14 +322,12 @@ def plot_results(results_csv, out_png, title='PSNR vs. parameters'):
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    tmp = f'{out_png}.tmp-{os.getpid()}.png'
     try:
-        fig.savefig(tmp, format='png')
-        os.replace(tmp, out_png)
+        from lwsr_plugin.compat import atomic_target
+        with atomic_target(out_png, suffix='.png') as tmp:
+            fig.savefig(tmp, format='png')
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_png
 
 
@@ -435,8 +420,9 @@ def main(argv=None):
 
     def save(footer):
         # Markdown first: whoever sees a row in the CSV (a test polling it, a user) finds it in the Markdown too
-        write_atomic(md_path, markdown(rows, settings, footer))
-        write_atomic(csv_path, csv_text(rows))
+        from lwsr_plugin.compat import write_text_atomic
+        write_text_atomic(md_path, markdown(rows, settings, footer))
+        write_text_atomic(csv_path, csv_text(rows))
 
     save(f'Partial: 0 of {len(jobs)} models measured so far.')
     bar = tqdm(jobs, desc='lwsr-report', unit='model', file=sys.stderr)

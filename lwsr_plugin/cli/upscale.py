@@ -78,16 +78,10 @@ def write_image(path, img):
     extension, renamed when complete (no half-written output under the final name)."""
     import cv2
 
-    from lwsr_plugin.compat import remove_stale_tmp_files
-    remove_stale_tmp_files(path)  # temporaries of killed runs
-    tmp = f'{path}.tmp-{os.getpid()}{os.path.splitext(path)[1] or ".png"}'
-    try:
+    from lwsr_plugin.compat import atomic_target
+    with atomic_target(path, suffix=os.path.splitext(path)[1] or '.png') as tmp:
         if not cv2.imwrite(tmp, img):
             raise OSError(f'cannot write {path}')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 MAX_INPUT_PIXELS = 2**28  # 268 M pixels (16384 x 16384): past this even decoding the input costs GBs
