@@ -320,7 +320,7 @@ def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, ite
 
     final = rows[-1]
     bicubic = BICUBIC.get(recipe.scale, {})
-    _plot(rows, sets, recipe, bicubic, os.path.join(out_dir, 'curve.png'), name)
+    plot_curves([(f'{name} (this run)', rows)], sets, recipe, os.path.join(out_dir, 'curve.png'))
     options = getattr(model, 'train_options', None)
     precision = (options.amp or 'fp32') if options is not None else 'fp32'
     lines = [f'# lwsr-reproduce {name}', '',
@@ -347,15 +347,20 @@ def _write_results(name, recipe, opt, recorder, out_dir, data_note, minutes, ite
     return summary
 
 
-def _plot(rows, sets, recipe, bicubic, path, name):
+def plot_curves(curves, sets, recipe, path):
+    """PSNR vs training time (log scale), one panel per set, one line per ``(label, rows)`` curve, with the paper's
+    number and bicubic as horizontal lines; written atomically to ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    bicubic = BICUBIC.get(recipe.scale, {})
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
-    minutes = [r['train_seconds'] / 60 for r in rows]
     for ax, s in zip(axes[0], sets):
-        ax.plot(minutes, [r[f'{s}_psnr'] for r in rows], 'o-', label=f'{name} (this run)')
+        for label, rows in curves:
+            rows = [r for r in rows if r.get(f'{s}_psnr') not in (None, '')]
+            ax.plot([float(r['train_seconds']) / 60 for r in rows], [float(r[f'{s}_psnr']) for r in rows], 'o-',
+                    label=label)
         if recipe.paper.get(s) is not None:
             ax.axhline(recipe.paper[s], color='tab:green', ls='--', label=f'paper {recipe.paper[s]}')
         if bicubic.get(s) is not None:

@@ -139,3 +139,21 @@ def test_plain_loop_writes_the_same_curve_columns(tmp_path, datasets_dir):
     assert reader.fieldnames == ['iteration', 'train_seconds', 'wall_seconds', 'Set5_psnr', 'Set5_ssim']
     assert [int(r['iteration']) for r in rows] == [2, 3] and all(20 < float(r['Set5_psnr']) < 40 for r in rows)
     assert 'np.float64' not in proc.stdout and 'plain loop IDN_x3' in proc.stdout
+
+
+def test_compare_curves_tables_equal_training_times_and_plots(tmp_path):
+    """scripts/compare_curves.py: rows matched by evaluation moment, differences to the first curve, one plot."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from lwsr_plugin.reproduce import write_curve
+    a = [{'iteration': 10, 'train_seconds': 60.0, 'wall_seconds': 61, 'Set5_psnr': 30.0, 'Set5_ssim': 0.8},
+         {'iteration': 20, 'train_seconds': 120.0, 'wall_seconds': 122, 'Set5_psnr': 31.0, 'Set5_ssim': 0.85}]
+    b = [{'iteration': 4, 'train_seconds': 60.1, 'wall_seconds': 62, 'Set5_psnr': 29.5, 'Set5_ssim': 0.79}]
+    write_curve(tmp_path / 'a.csv', a, ['Set5'])
+    write_curve(tmp_path / 'b.csv', b, ['Set5'])
+    script = os.path.join(repo, 'scripts', 'compare_curves.py')
+    out = run([PY, script, '--recipe', 'IDN_x3', '--curve', f'plugin={tmp_path / "a.csv"}', '--curve',
+               f'plain={tmp_path / "b.csv"}', '--plot', str(tmp_path / 'cmp.png')], cwd=str(tmp_path)).stdout
+    assert '| 1.0 | 10 / 30.00 | 4 / 29.50 | -0.50 |' in out and '| 2.0 | 20 / 31.00 | - | - |' in out
+    assert (tmp_path / 'cmp.png').stat().st_size > 1000
+    bad = run([PY, script, '--recipe', 'IDN_x3', '--curve', str(tmp_path / 'a.csv')], cwd=str(tmp_path), check=False)
+    assert bad.returncode == 2 and 'expected LABEL=CSV' in bad.stdout
