@@ -14,8 +14,13 @@ Schedules (``--schedule``):
   paper run would be.
 * ``cosine``: the schedule compressed into the budget: the learning rate warms up linearly over the first 3 % of the
   budget and then follows a half cosine to 0 at its end, measured in training time (or iterations with ``--iters``),
-  so every budget ends with a fully decayed learning rate. With ``--batch`` the learning rate is scaled by
-  ``batch / recipe batch`` (the linear scaling rule of Goyal et al. 2017).
+  so every budget ends with a fully decayed learning rate.
+* ``wsd`` (warm-up-stable-decay without the warm-up): the recipe's learning rate held, as the paper holds it over
+  the first part of its run, for the first 80 % of the budget, then a linear decay to 0 over the last 20 %: a short
+  run keeps the fast progress of the full learning rate and still ends annealed.
+
+With ``--batch`` and ``cosine`` or ``wsd``, the learning rate is scaled by ``batch / recipe batch`` (the linear scaling
+rule of Goyal et al. 2017).
 """
 import csv
 import math
@@ -115,16 +120,26 @@ def log_spaced(total, count):
 
 
 class Schedule:
-    """Learning rate as a function of the budget's progress (0..1): warm-up then half cosine to 0."""
+    """Learning rate as a function of the budget's progress (0..1): ``cosine``: linear warm-up over ``warmup``, then
+    a half cosine to 0; ``wsd``: held until ``1 - decay``, then linear to 0 (no warm-up: the papers start at full
+    rate)."""
 
-    def __init__(self, base_lrs, warmup=0.03):
+    KINDS = ('cosine', 'wsd')
+
+    def __init__(self, base_lrs, kind='cosine', warmup=0.03, decay=0.2):
+        if kind not in self.KINDS:
+            raise ValueError(f'schedule {kind!r}: expected one of {", ".join(self.KINDS)}')
         self.base_lrs = list(base_lrs)
-        self.warmup = warmup
+        self.kind = kind
+        self.warmup = warmup if kind == 'cosine' else 0.0
+        self.decay = decay
 
     def factor(self, progress):
         progress = min(max(progress, 0.0), 1.0)
         if progress < self.warmup:
             return progress / self.warmup
+        if self.kind == 'wsd':
+            return min(1.0, (1.0 - progress) / self.decay)
         return 0.5 * (1 + math.cos(math.pi * (progress - self.warmup) / (1 - self.warmup)))
 
     def apply(self, optimizers, progress):
@@ -136,7 +151,7 @@ class Schedule:
 
 
 class Recorder:
-    """The hooks around one training run: log-spaced evaluations, the budget, the cosine schedule."""
+    """The hooks around one training run: log-spaced evaluations, the budget, the budget's schedule."""
 
     def __init__(self, minutes, iters, evals, schedule):
         self.budget_s = minutes * 60 if minutes else None
@@ -173,10 +188,10 @@ class Recorder:
             if not self.rows or self.rows[-1]['iteration'] != done:
                 self.evaluate(done)
             raise _BudgetSpent()
-        if self.schedule_kind == 'cosine':
+        if self.schedule_kind in Schedule.KINDS:
             if self.schedule is None:
                 self.schedule = Schedule([g['initial_lr'] if 'initial_lr' in g else g['lr']
-                                          for o in model.optimizers for g in o.param_groups])
+                                          for o in model.optimizers for g in o.param_groups], self.schedule_kind)
             self.schedule.apply(model.optimizers, self.progress(current_iter))
         self._last = time.perf_counter()
 
@@ -218,7 +233,7 @@ def build_options(recipe_name, options_dir, workdir, minutes, iters, seed, sched
         for loss in (opt['train'].get('pixel_opt'), (opt['train'].get('two_stage') or {}).get('pixel_opt')):
             if loss and loss.get('reduction') == 'sum' and paper_batch:
                 loss['loss_weight'] = float(loss.get('loss_weight', 1.0)) * paper_batch / batch
-        if schedule == 'cosine' and paper_batch:
+        if schedule in Schedule.KINDS and paper_batch:
             for key in [k for k in opt['train'] if k.startswith('optim_')]:
                 opt['train'][key]['lr'] = float(opt['train'][key]['lr']) * batch / paper_batch
     # the budget ends the run; BasicSR's own loop only needs to go on long enough

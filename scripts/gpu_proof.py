@@ -161,8 +161,8 @@ def main(argv=None):
     p.add_argument('--stages', nargs='+', default=['idn'], choices=['idn', 'imdn', 'bench'])
     p.add_argument('--idn-minutes', type=float, default=8.0, help='IDN x3 training minutes (if they fit)')
     p.add_argument('--imdn-minutes', type=float, default=8.0, help='IMDN x4 training minutes (if they fit)')
-    p.add_argument('--schedule', default='cosine', choices=['paper', 'cosine'])
-    p.add_argument('--batch', type=int, help='lwsr-reproduce --batch (learning rate scaled with cosine)')
+    p.add_argument('--schedule', default='cosine', choices=['paper', 'cosine', 'wsd'])
+    p.add_argument('--batch', type=int, help='lwsr-reproduce --batch (learning rate scaled with cosine / wsd)')
     p.add_argument('--evals', type=int, default=6)
     p.add_argument('--bench-repeats', type=int, default=3)
     p.add_argument('--bench-args', nargs=argparse.REMAINDER, help='benchmark_inference.py arguments instead of '

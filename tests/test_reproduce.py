@@ -29,6 +29,11 @@ def test_cosine_schedule_warms_up_and_ends_at_zero():
     schedule.apply([opt], 0.55)
     assert opt.param_groups[0]['lr'] == pytest.approx(0.5e-3)
     assert log_spaced(80, 4) == [10, 20, 40, 80]
+    wsd = Schedule([1e-3], 'wsd', decay=0.2)  # the recipe's rate (no warm-up) for 80 %, then linear to 0
+    assert wsd.factor(0) == 1 and wsd.factor(0.8) == pytest.approx(1) and wsd.factor(0.9) == pytest.approx(0.5)
+    assert wsd.factor(1.0) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule 'step'"):
+        Schedule([1e-3], 'step')
 
 
 def test_missing_training_data_is_refused_with_the_command(tmp_path):

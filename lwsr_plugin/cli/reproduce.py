@@ -25,10 +25,11 @@ def parser():
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument('--minutes', type=float, help='training-time budget (evaluations not counted)')
     budget.add_argument('--iters', type=int, help='iteration budget')
-    p.add_argument('--schedule', choices=('paper', 'cosine'), default='paper',
-                   help="paper: the recipe's schedule cut by the budget; cosine: warm-up + cosine to 0 over the budget")
+    p.add_argument('--schedule', choices=('paper', 'cosine', 'wsd'), default='paper',
+                   help="paper: the recipe's schedule cut by the budget; cosine: warm-up + cosine to 0 over the "
+                   "budget; wsd: the recipe's rate for 80 %% of the budget, then linear to 0")
     p.add_argument('--batch', type=int, default=None, help="batch size (default: the recipe's); with --schedule "
-                   'cosine the learning rate is scaled by batch / recipe batch')
+                   'cosine or wsd the learning rate is scaled by batch / recipe batch')
     p.add_argument('--evals', type=int, default=8, help='log-spaced evaluations over the budget')
     p.add_argument('--sets', nargs='+', default=['Set5', 'Set14'], help='evaluation sets under datasets/')
     p.add_argument('--seed', type=int, default=0, help='manual_seed of the run')
