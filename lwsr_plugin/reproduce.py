@@ -377,7 +377,7 @@ def plot_curves(curves, sets, recipe, path):
             ax.plot([float(r['train_seconds']) / 60 for r in rows], [float(r[f'{s}_psnr']) for r in rows], 'o-',
                     label=label)
         if recipe.paper.get(s) is not None:
-            ax.axhline(recipe.paper[s], color='tab:green', ls='--', label=f'paper {recipe.paper[s]}')
+            ax.axhline(recipe.paper[s], color='black', ls='--', label=f'paper {recipe.paper[s]}')
         if bicubic.get(s) is not None:
             ax.axhline(bicubic[s], color='tab:gray', ls=':', label=f'bicubic {bicubic[s]}')
         ax.set_xscale('log')
