@@ -101,7 +101,7 @@ def test_gpu_proof_script_runs_its_idn_stage_here_and_skips_what_does_not_fit(tm
     with open(out / 'IDN_x3_curve.csv') as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(20 < float(r['Set5_psnr']) < 40 for r in rows)
-    assert 'schedule: cosine' in (out / 'IDN_x3_summary.md').read_text().lower().replace('**', '')
+    assert 'schedule: wsd' in (out / 'IDN_x3_summary.md').read_text()
     log = (out / 'proof.log').read_text()
     assert 'lwsr_plugin.data.set291' in log and 'lwsr-reproduce exit 0' in log and 'done (exit 0)' in proc.stdout
 
