@@ -17,7 +17,8 @@ from lwsr_plugin.cli import upscale as upscale_cli
 from lwsr_plugin.convert.caffe_idn import convert_idn_caffemodel
 from lwsr_plugin.fast import FORMS, FastDRN, FastForm, FastIDN, FastIMDN, FastIMDN_RTC, FastSLWSR, fast_inference_net
 from lwsr_plugin.fast import cuda as fast_cuda
-from lwsr_plugin.fast.ops import FastConv, ShuffleConv, deconv_as_subpixel, elu_, merge_convs, split_conv
+from lwsr_plugin.fast.ops import (FastConv, Scratch, ShuffleConv, deconv_as_subpixel, elu_, elu_add_, merge_convs,
+                                  split_conv)
 from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options, tiled_forward
 
 SET5 = ['baby', 'bird', 'butterfly', 'head', 'woman']
@@ -176,6 +177,25 @@ def test_fast_conv_paths_agree():
         split_conv(conv, (2, 2))
 
 
+@pytest.mark.parametrize('r, k', [(2, 3), (3, 3), (4, 1), (2, 5)])
+def test_conv_after_shuffle_runs_on_the_phases(r, k):
+    """ShuffleConv(up, r, then=last) == last(pixel_shuffle(up(x), r)), with and without reused buffers, twice (the
+    second call reuses them), both layouts."""
+    torch.manual_seed(r)
+    up, last = torch.nn.Conv2d(8, 5 * r * r, 3, padding=1), torch.nn.Conv2d(5, 3, k, padding=k // 2)
+    x = torch.rand(2, 8, 6, 7)
+    ref = last(F.pixel_shuffle(up(x), r))
+    sc = ShuffleConv(FastConv.from_conv(up), r, FastConv.from_conv(last))
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        for scratch in (None, Scratch()):
+            with torch.inference_mode():
+                outs = [sc(x.contiguous(memory_format=fmt), scratch=scratch) for _ in range(2)]
+            for out in outs:
+                assert out.shape == ref.shape and (out - ref).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match='stride-1'):
+        ShuffleConv(FastConv.from_conv(up), r, FastConv.from_conv(torch.nn.Conv2d(5, 3, 3, stride=2)))
+
+
 def test_shuffle_conv_and_elu():
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(4, 12, 3, padding=1)
@@ -189,6 +209,14 @@ def test_shuffle_conv_and_elu():
     flat = torch.empty(x.numel())
     for scratch in (None, flat):
         assert (elu_(x.clone(), 0.2, scratch) - F.elu(x, 0.2)).abs().max().item() <= 1e-7
+    # dst += elu(y): eager outside inference mode, the compiled kernel inside it (where a compiler is present)
+    y = (torch.randn(1, 8, 5, 7) * 4).contiguous(memory_format=torch.channels_last)
+    dst = torch.randn(1, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    for mode in (False, True):
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.04)):
+            with torch.inference_mode(mode):
+                got = elu_add_(dst.to(dtype, copy=True), y.to(dtype, copy=True), 0.2, flat.to(dtype))
+            assert got.dtype == dtype and (got.float() - (dst + F.elu(y, 0.2))).abs().max().item() <= tol
 
 
 # ------------------------------------------------------------------------------------------- GPU logic, on the CPU

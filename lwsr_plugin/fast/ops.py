@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 _MKLDNN_DTYPES = (torch.float32, torch.bfloat16)
-_CACHE_LIMIT = 512 * 2**20  # bytes of scratch buffers kept between calls
-_CACHE_ENTRIES = 4  # tile windows, the last smaller batch, and their rot90 shapes under the ensemble
+_CACHE_LIMIT = 1024 * 2**20  # bytes of scratch buffers kept between calls, all entries together
+# a form's own buffers and its upsamplers', for the tile window, the last smaller batch and their rot90 shapes
+_CACHE_ENTRIES = 16
 
 
 def _pair(v):
@@ -130,6 +131,13 @@ class FastConv(nn.Module):
         return self(hi, low.contiguous(memory_format=torch.channels_last) if hi.is_contiguous(
             memory_format=torch.channels_last) and hi.shape[1] > 1 else low)
 
+    def into(self, x, out):
+        """``act(conv(x))`` written into ``out`` (e.g. a :class:`Scratch` buffer): a fresh output of more than
+        32 MB is a new mapping that page-faults on first touch (glibc maps such blocks anew each time), ~0.25 ms
+        per MB here, more than the conv into mapped memory costs; zeroing ``out`` and accumulating into it is
+        exact."""
+        return self(x, out.zero_(), accumulate=True)
+
     def forward(self, x, other=None, accumulate=False):
         """``act(conv(x))``; with ``other``: ``act(conv(x) + other)``, written into ``other`` when ``accumulate``
         (``other`` may then be a channel slice of a larger tensor)."""
@@ -231,22 +239,40 @@ def _elu_kernel(x, alpha: float):
     return x.copy_(torch.clamp(x, min=0) + negative * alpha)
 
 
-_COMPILED = {}  # 'elu': the compiled kernel, or None once compiling is known not to work here
+def _elu_add_kernel(dst, y, alpha: float):
+    negative = torch.clamp(y, _ELU_FLOOR, 0.0).exp() - 1
+    return dst.add_(torch.clamp(y, min=0) + negative * alpha)
 
 
-def _compiled_elu():
-    """``_elu_kernel`` through ``torch.compile`` (inductor, dynamic shapes), built on first use; None where
+_KERNELS = {'elu': _elu_kernel, 'elu_add': _elu_add_kernel}
+_COMPILED = {}  # name: the compiled kernel, or None once compiling is known not to work here
+
+
+def _compiled(name):
+    """``_KERNELS[name]`` through ``torch.compile`` (inductor, dynamic shapes), built on first use; None where
     compiling is unavailable or disabled (``LWSR_FAST_COMPILE=0``)."""
-    if 'elu' not in _COMPILED:
+    if name not in _COMPILED:
         kernel = None
         if os.environ.get('LWSR_FAST_COMPILE', '1') != '0':
             from .cuda import compile_problem
             if compile_problem(torch.device('cpu')) is None:
-                kernel = torch.compile(_elu_kernel, dynamic=True, fullgraph=True)
+                kernel = torch.compile(_KERNELS[name], dynamic=True, fullgraph=True)
                 # its C++ build logs 'No CUDA runtime is found' on CPU-only machines: not a problem for a CPU kernel
                 logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
-        _COMPILED['elu'] = kernel
-    return _COMPILED['elu']
+        _COMPILED[name] = kernel
+    return _COMPILED[name]
+
+
+def _run_compiled(name, *args):
+    """The compiled kernel's result, or None where there is none (CPU inference only)."""
+    if args[0].device.type == 'cpu' and torch.is_inference_mode_enabled():
+        kernel = _compiled(name)
+        if kernel is not None:
+            try:
+                return kernel(*args)
+            except Exception:  # a compiler error surfaces at the first call: eager from now on
+                _COMPILED[name] = None
+    return None
 
 
 def elu_(x, alpha, scratch=None):
@@ -259,16 +285,22 @@ def elu_(x, alpha, scratch=None):
     process or taken from inductor's on-disk cache (the first compile on a machine takes ~30 s on 2 cores); where
     compiling is unavailable, or fails, the eager passes run. ``scratch``: a flat buffer of at least ``x.numel()``
     elements for the eager temporary (a fresh one page-faults)."""
-    if x.device.type == 'cpu' and torch.is_inference_mode_enabled():
-        kernel = _compiled_elu()
-        if kernel is not None:
-            try:
-                return kernel(x, float(alpha))
-            except Exception:  # a compiler error surfaces at the first call: eager from now on
-                _COMPILED['elu'] = None
+    out = _run_compiled('elu', x, float(alpha))
+    if out is not None:
+        return out
     tmp = torch.clamp(x, _ELU_FLOOR, 0, out=like(scratch, x)) if scratch is not None else x.clamp(_ELU_FLOOR, 0)
     negative = tmp.exp_().sub_(1)
     return x.clamp_(min=0).add_(negative, alpha=alpha)
+
+
+def elu_add_(dst, y, alpha, scratch=None):
+    """``dst += elu(y)`` (:func:`elu_`'s arithmetic), one compiled pass on CPU (reads ``y`` and ``dst`` once: the
+    ELU and the add as two passes cost twice the memory traffic, and a bf16 add into a channel slice is not
+    vectorised, ~8x a contiguous one); ``y`` is left unchanged only on the compiled path."""
+    out = _run_compiled('elu_add', dst, y, float(alpha))
+    if out is not None:
+        return out
+    return dst.add_(elu_(y, alpha, scratch))
 
 
 def like(flat, x):
@@ -279,18 +311,56 @@ def like(flat, x):
     return flat[:x.numel()].view(x.shape)
 
 
+def phase_conv(conv, r):
+    """A stride-1 :class:`FastConv` that follows a pixel shuffle by ``r``, as a conv on the shuffle's input: reads
+    the phase-major map (channel ``(i*r + j)*C + c`` = shuffled pixel ``(r*y + i, r*x + j)``, channel c; the order
+    :class:`ShuffleConv` computes) and writes ``r*r*O`` channels in ``pixel_shuffle``'s order, so that
+    ``pixel_shuffle(phase_conv(conv, r)(z), r) == conv(shuffled z)``.
+
+    Tap ``d`` of the conv at output phase ``a`` reads shuffled row ``r*y + a + d - p``, i.e. phase
+    ``(a + d - p) mod r`` of LR row ``y + floor((a + d - p) / r)``; zero padding maps to zero padding. The weight
+    holds the same products (and zeros elsewhere): ``r*r`` times the MACs, which costs nothing extra for an
+    output narrower than oneDNN's 16-channel block (O = 3, r = 2) and saves the full-resolution map."""
+    if conv.groups != 1 or conv.stride != [1, 1] or conv.dilation != [1, 1]:
+        raise ValueError('phase_conv: only stride-1, undilated, ungrouped convs.')
+    w = conv.weight
+    o, c, kh, kw = w.shape
+    (ph, pw) = conv.padding
+
+    def taps(k, p):
+        return max(abs((a + d - p) // r) for a in range(r) for d in range(k))
+
+    P = max(taps(kh, ph), taps(kw, pw))
+    size = 2 * P + 1
+    out = w.new_zeros(o, r, r, r, r, c, size, size)  # [o, a, b, i, j, c, ky, kx]
+    for a in range(r):
+        for dy in range(kh):
+            i, oy = (a + dy - ph) % r, (a + dy - ph) // r
+            for b in range(r):
+                for dx in range(kw):
+                    j, ox = (b + dx - pw) % r, (b + dx - pw) // r
+                    out[:, a, b, i, j, :, oy + P, ox + P] = w[:, :, dy, dx]
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(r * r)
+    return FastConv(out.reshape(o * r * r, r * r * c, size, size), bias, 1, P, act=conv.act, slope=conv.slope)
+
+
 class ShuffleConv(nn.Module):
     """``pixel_shuffle(conv(x), r)`` with the conv's output channels reordered phase-major ((i, j, c) instead of
     (c, i, j)), so that every output pixel's C channels are one contiguous run of the conv output in channels_last
     and the shuffle is a copy of contiguous runs (``torch.pixel_shuffle`` on a channels_last map gathers with
     stride r*r: 11 % of s-LWSR's forward). A permutation either way: the output is the same.
 
+    With ``then`` (a stride-1 conv after the shuffle, e.g. a network's last conv to RGB), returns
+    ``then(pixel_shuffle(conv(x), r))`` as :func:`phase_conv` on the conv's output and a shuffle of ``then``'s few
+    channels: the full-resolution C-channel map is never written (s-LWSR x4 at 720p: 118 MB written and read).
+
     Args:
         conv (FastConv): The conv, output channels in PyTorch's (c, i, j) order.
         upscale (int): r.
+        then (FastConv | None): A conv applied after the shuffle.
     """
 
-    def __init__(self, conv, upscale):
+    def __init__(self, conv, upscale, then=None):
         super().__init__()
         r = upscale
         c = conv.out_channels // (r * r)
@@ -299,21 +369,37 @@ class ShuffleConv(nn.Module):
         self.conv = FastConv(conv.weight[order], bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                              conv.act, conv.slope)
         self.upscale = r
+        self.then = None if then is None else phase_conv(then, r)
 
-    def forward(self, x, other=None):
-        y = self.conv(x)
+    def forward(self, x, other=None, scratch=None):
+        """``other`` is added to the result; with ``scratch`` (a :class:`Scratch`), intermediate maps and the
+        shuffled map are its buffers (the caller must be done with the result before the next call)."""
         r = self.upscale
-        n, crr, h, w = y.shape
+        n, _, h, w = x.shape
+        crr = self.conv.out_channels
         c = crr // (r * r)
+        if scratch is not None:
+            shapes = ((n, crr, h, w), ) + (() if self.then is not None else ((n, c, h * r, w * r), ))
+            bufs = scratch.get(x, shapes, tag=id(self))
+            y = self.conv.into(x, bufs[0])
+        else:
+            bufs, y = None, self.conv(x)
+        if self.then is not None:
+            out = F.pixel_shuffle(self.then(y), r)
+            return out if other is None else out.add_(other)
         fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) and c > 1 \
             else torch.contiguous_format
-        out = torch.empty(n, c, h * r, w * r, dtype=y.dtype, device=y.device, memory_format=fmt)
+        if bufs is not None and c > 1:
+            out = bufs[1]
+        else:
+            out = torch.empty(n, c, h * r, w * r, dtype=y.dtype, device=y.device, memory_format=fmt)
         out.unflatten(3, (w, r)).unflatten(2, (h, r)).copy_(y.unflatten(1, (r, r, c)).permute(0, 3, 4, 1, 5, 2))
         return out if other is None else out.add_(other)
 
 
 class Scratch:
-    """Named buffers kept per (shape, dtype, device, layout) while they are small, dropped oldest first."""
+    """Named buffers kept per (shape, dtype, device, layout, tag) while they fit ``_CACHE_LIMIT`` bytes and
+    ``_CACHE_ENTRIES`` entries, dropped oldest first."""
 
     def __init__(self):
         self._cache = {}
@@ -321,21 +407,26 @@ class Scratch:
     def __deepcopy__(self, memo):
         return Scratch()
 
-    def get(self, like, specs):
-        """Buffers like ``like`` (dtype, device, memory format): ``specs`` is a tuple of shapes; returns a tuple."""
+    def get(self, like, specs, tag=None):
+        """Buffers like ``like`` (dtype, device, memory format): ``specs`` is a tuple of shapes; returns a tuple.
+        Callers whose buffers are alive at the same time use different ``tag``s."""
         fmt = torch.channels_last if like.dim() == 4 and like.shape[1] > 1 and \
             like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        key = (tuple(specs), like.dtype, like.device, fmt)
+        key = (tuple(specs), like.dtype, like.device, fmt, tag)
         bufs = self._cache.get(key)
         if bufs is None:
             opts = dict(dtype=like.dtype, device=like.device)
             bufs = tuple(torch.empty(shape, memory_format=fmt if len(shape) == 4 else torch.contiguous_format, **opts)
                          for shape in specs)
-            if sum(b.numel() for b in bufs) * like.element_size() <= _CACHE_LIMIT:
-                if len(self._cache) >= _CACHE_ENTRIES:
+            size = sum(b.numel() for b in bufs) * like.element_size()
+            if size <= _CACHE_LIMIT:
+                while self._cache and (len(self._cache) >= _CACHE_ENTRIES or size + self.nbytes() > _CACHE_LIMIT):
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = bufs
         return bufs
+
+    def nbytes(self):
+        return sum(b.numel() * b.element_size() for bufs in self._cache.values() for b in bufs)
 
     def clear(self):
         self._cache.clear()

@@ -6,7 +6,9 @@ rearranged:
   ReLU as a post-op, and a residual scale of 1 costs nothing (the module multiplies by it).
 * The information pool and each decoder input are assembled in reused buffers instead of fresh ``torch.cat``
   results; the equal-weight mix ``0.5 * skip + 0.5 * pool`` is written straight into its half of the buffer.
-* The output mean shift and the division by ``img_range`` are folded into the last conv.
+* The output mean shift and the division by ``img_range`` are folded into the last conv, which runs on the last
+  pixel shuffle's phases (:class:`~lwsr_plugin.fast.ops.ShuffleConv` ``then``): the full-resolution C-channel map
+  is never written. The upsamplers' large maps are reused buffers (fresh ones page-fault).
 """
 import torch
 from torch import nn
@@ -72,8 +74,8 @@ class FastSLWSR(FastForm):
             raise TypeError('FastSLWSR: the tail must be Upsample + conv.')
         convs = [m for m in up if isinstance(m, nn.Conv2d)]
         shuffles = [m.upscale_factor for m in up if isinstance(m, nn.PixelShuffle)]
-        self.up = nn.ModuleList(ShuffleConv(FastConv.from_conv(c), r) for c, r in zip(convs, shuffles))
-        self.last = fold_output_affine(last, net.add_mean, 1 / net.img_range)
+        then = [None] * (len(convs) - 1) + [fold_output_affine(last, net.add_mean, 1 / net.img_range)]
+        self.up = nn.ModuleList(ShuffleConv(FastConv.from_conv(c), r, t) for c, r, t in zip(convs, shuffles, then))
 
     def _forward(self, x):
         net = self.net
@@ -111,5 +113,5 @@ class FastSLWSR(FastForm):
                 prev = self.blocks[f'conv{g}'](prev)
         t = prev + x1
         for up in self.up:
-            t = up(t)
-        return self.last(t)
+            t = up(t, scratch=self.scratch)
+        return t
