@@ -6,9 +6,9 @@ kept for a measured reason (``scripts/benchmark_inference.py``, 2 CPU cores):
 * :class:`FastConv`: one conv with its elementwise tail fused. On CPU it calls oneDNN through
   ``torch.ops.mkldnn._convolution_pointwise`` with the weight reordered once into oneDNN's blocked layout (a plain
   ``F.conv2d`` reorders it on every call) and LeakyReLU / ReLU as a post-op (a 48-channel 3x3 conv + LeakyReLU at
-  320x180: 28-36 ms fused against 44-48 ms as two ops). A residual ``+ other`` is a binary post-op, either into a
-  fresh tensor or accumulated into ``other`` in place, which may be a channel slice of a larger buffer, so a conv
-  can write into a concatenation buffer without a copy. Elsewhere (CUDA, fp16 on CPU, a build without oneDNN) it
+  320x180: 28-36 ms fused against 44-48 ms as two ops). A residual ``+ other`` is an add after the conv in fp32
+  (faster here than oneDNN's binary post-op), the post-op in bf16 (one rounding), or the post-op accumulating into ``other`` in place, which may be a channel
+  slice of a larger buffer, so a conv can write into a concatenation buffer without a copy. Elsewhere (CUDA, fp16 on CPU, a build without oneDNN) it
   is ``F.conv2d`` followed by the same tail in place.
 * :func:`split_conv` / :func:`merge_convs`: output channels of one conv as several convs, or several convs reading
   the same input as one: a slice of a channels_last map is a strided view that oneDNN first copies.
@@ -138,26 +138,36 @@ class FastConv(nn.Module):
         exact."""
         return self(x, out.zero_(), accumulate=True)
 
-    def forward(self, x, other=None, accumulate=False):
+    def forward(self, x, other=None, accumulate=False, in_scale=None):
         """``act(conv(x))``; with ``other``: ``act(conv(x) + other)``, written into ``other`` when ``accumulate``
-        (``other`` may then be a channel slice of a larger tensor)."""
+        (``other`` may then be a channel slice of a larger tensor). ``in_scale`` (C_in values): ``conv(x * in_scale)``
+        computed as a conv with the weight's input channels scaled (a 64x64 product instead of a pass over the
+        map; IMDN's CCA gate before c5), unpacked."""
         if x.dtype != self.weight.dtype:
             raise TypeError(f'FastConv: input is {x.dtype}, weights are {self.weight.dtype}; move the fast form with '
                             '.to(dtype) first.')
+        weight = self.weight if in_scale is None else self.weight * in_scale.reshape(1, -1, 1, 1).to(self.weight)
         if mkldnn_usable(x) and not (accumulate and other.dtype != x.dtype):
-            w = self._mkldnn_weight(x)
-            unary, scalars = self._unary()
+            w = self._mkldnn_weight(x) if in_scale is None else weight
             if other is None:
+                unary, scalars = self._unary()
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, scalars, '')
+            if not accumulate and x.dtype == torch.float32:
+                # fp32: conv, then add; oneDNN's binary-add post-op took longer than the two (a 12->12 1x1 conv +
+                # add on a 640x360 map: 2.1 ms against 0.4 + 0.6). bf16 keeps the post-op: it rounds the sum once
+                # (conv and add each rounding cost IMDN_RTC 0.023 dB Set5 PSNR against fp32)
+                y = torch.ops.mkldnn._convolution_pointwise(
+                    x, w, self.bias, self.padding, self.stride, self.dilation, self.groups, 'none', [], '')
+                return self._tail_(y.add_(other))
             op = torch.ops.mkldnn._convolution_pointwise_ if accumulate else torch.ops.mkldnn._convolution_pointwise
             args = (other, x) if accumulate else (x, other)
-            fused = unary == 'relu'  # the only unary oneDNN fuses after a binary add in PyTorch's op
+            fused = self.act == 'relu'  # the only unary oneDNN fuses after a binary add in PyTorch's op
             out = op.binary(*args, w, self.bias, self.padding, self.stride, self.dilation, self.groups, 'add', 1.0,
                             'relu' if fused else None, [], '' if fused else None)
             out = other if accumulate else out
             return out if fused else self._tail_(out)
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if other is not None:
             if accumulate:
                 return self._tail_(other.add_(y))
