@@ -225,12 +225,13 @@ def bench(label, size, repeats, device, compile_):
                 single_rate=single_rate, weights='official' if ckpt else 'random')
 
 
-def markdown(results, device, repeats):
+def markdown(results, device, repeats, keep_memory=False):
     """The README table: one row per case, ratios of medians to the baseline (of minimums in brackets)."""
     cuda = device.startswith('cuda')
     lines = [f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, '
              f'{torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}'
-             + (f' ({torch.cuda.get_device_name(device)})' if cuda else '') + f'; {repeats} interleaved rounds.', '']
+             + (f' ({torch.cuda.get_device_name(device)})' if cuda else '') + f'; {repeats} interleaved rounds'
+             + ('; glibc keeps freed memory (--keep-memory)' if keep_memory else '') + '.', '']
     if cuda:
         lines += ['| arch | baseline | fast fp32 | fast bf16 | fast fp16 | bf16 + graphs fps | fp16 + graphs fps '
                   '| peak MiB (fp16 graphs) |', '|---|---|---|---|---|---|---|---|']
@@ -270,12 +271,18 @@ def main():
     p.add_argument('--compile', action='store_true', help='add torch.compile paths')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    p.add_argument('--keep-memory', action='store_true',
+                   help='glibc keeps freed memory (lwsr-upscale\'s CPU setting; every path, baseline included): '
+                        'no page faults on large activations')
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_memory:
+        from lwsr_plugin.fast.ops import keep_freed_memory
+        print(f'keep_freed_memory: {keep_freed_memory()}')
     labels = list(CASES) if args.all_archs else [ALIASES.get(a, a) for a in (args.archs or ['IMDN_x4'])]
     results = [bench(label, args.size, args.repeats, args.device, args.compile) for label in labels]
-    print('\n' + markdown(results, args.device, args.repeats))
+    print('\n' + markdown(results, args.device, args.repeats, args.keep_memory))
 
 
 if __name__ == '__main__':

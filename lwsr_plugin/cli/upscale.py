@@ -204,6 +204,9 @@ def main(argv=None):
     device = args.device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cpu':
+        from lwsr_plugin.fast.ops import keep_freed_memory
+        keep_freed_memory()  # large activations reuse this process's memory instead of page-faulting anew
     try:
         net_opt = network_options(args.arch, args.scale, _parse_kwargs(args.arch_kwarg), args.opt)
         net = load_model(net_opt, args.ckpt, args.param_key)

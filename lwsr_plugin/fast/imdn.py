@@ -7,7 +7,9 @@ What changes, each for a measured reason (``scripts/benchmark_inference.py``):
   coarse channels out of a channels_last map is a strided view, which oneDNN first copies to a dense tensor; two
   dense outputs cost less than that copy. LeakyReLU is their fused post-op (:class:`~lwsr_plugin.fast.ops.FastConv`).
 * The four refined parts are written into one reused buffer instead of a fresh ``torch.cat`` result, and the block
-  outputs into one reused ``num_block * C``-channel buffer: large fresh tensors page-fault on first touch.
+  outputs into one reused ``num_block * C``-channel buffer: large fresh tensors page-fault on first touch. Each
+  block's c5 accumulates onto a copy of its input in one of two alternating reused buffers (IMDN x4 at 720p:
+  page faults 84 -> 25 MB per forward, 307 -> 288 ms; x2: 1266 -> 928 MB, 1482 -> 1336 ms; medians of 9).
 * The CCA statistics (eq. 5) are two plain reductions over a 2-D view instead of ``std_mean`` (Welford), and the
   attention weights (one fp32 image) scale the 1x1 fusion conv's input channels in its weight, not the map; the
   fusion conv adds the block input.
@@ -63,7 +65,8 @@ class _FastIMDB(nn.Module):
         self.c5 = FastConv.from_conv(blk.c5)
         self.cca = blk.cca if hasattr(blk.cca, 'conv_du') else None
 
-    def forward(self, x, refined, spare):
+    def forward(self, x, refined, spare, out=None):
+        """The block's output, written into ``out`` when given (a reused buffer; not ``x``)."""
         d = self.d
         coarse = x
         for j, convs in enumerate(self.steps):
@@ -75,14 +78,18 @@ class _FastIMDB(nn.Module):
                 refined[:, j * d:(j + 1) * d].copy_(out[:, :d])
                 coarse = out
         refined[:, 3 * d:].copy_(self.c4(coarse))
-        if self.cca is None:
-            return self.c5(refined, x)
-        gate = self.cca.conv_du(_statistics(self.cca, refined, spare))
-        # one fp32 image: the gate scales c5's input channels, folded into c5's weight (bf16 keeps the product on the
-        # map: a gate-scaled bf16 weight rounds once more, -0.0015 to -0.0025 dB Set5 PSNR for IMDN x2/x3)
-        if gate.shape[0] == 1 and refined.dtype == torch.float32:
-            return self.c5(refined, x, in_scale=gate)
-        return self.c5(refined.mul_(gate), x)
+        scale = None
+        if self.cca is not None:
+            gate = self.cca.conv_du(_statistics(self.cca, refined, spare))
+            # one fp32 image: the gate scales c5's input channels, folded into c5's weight (bf16 keeps the product on
+            # the map: a gate-scaled bf16 weight rounds once more, -0.0015 to -0.0025 dB Set5 PSNR for IMDN x2/x3)
+            if gate.shape[0] == 1 and refined.dtype == torch.float32:
+                scale = gate
+            else:
+                refined.mul_(gate)
+        if out is None:
+            return self.c5(refined, x, in_scale=scale)
+        return self.c5(refined, out.copy_(x), accumulate=True, in_scale=scale)
 
 
 class FastIMDN(FastForm):
@@ -112,11 +119,12 @@ class FastIMDN(FastForm):
         for conv in self.head[1:]:
             fea = conv(fea)
         n, c, h, w = fea.shape
-        trunk, refined, spare = self.scratch.get(fea, ((n, c * len(self.blocks), h, w), (n, 4 * self.blocks[0].d, h, w),
-                                                       (n * 4 * self.blocks[0].d * h * w, )))
+        trunk, refined, spare, *outs = self.scratch.get(
+            fea, ((n, c * len(self.blocks), h, w), (n, 4 * self.blocks[0].d, h, w), (n * 4 * self.blocks[0].d * h * w, ),
+                  (n, c, h, w), (n, c, h, w)))
         out = fea
         for i, blk in enumerate(self.blocks):
-            out = blk(out, refined, spare)
+            out = blk(out, refined, spare, outs[i % 2])
             trunk[:, i * c:(i + 1) * c].copy_(out)
         return self.upsampler(self.lr_conv(self.fuse(trunk), fea))
 
