@@ -5,6 +5,8 @@ CUDA-side logic that CPU can exercise (graph replay decisions, fixed tile batche
 and the one-line errors of lwsr-upscale."""
 import copy
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -220,6 +222,15 @@ def test_shuffle_conv_and_elu():
             with torch.inference_mode(mode):
                 got = elu_add_(dst.to(dtype, copy=True), y.to(dtype, copy=True), 0.2, flat.to(dtype))
             assert got.dtype == dtype and (got.float() - (dst + F.elu(y, 0.2))).abs().max().item() <= tol
+
+
+def test_keep_freed_memory_in_a_fresh_process():
+    """glibc's mallopt applies (Linux), and LWSR_KEEP_MEMORY=0 turns it off; in a subprocess: it is process-wide."""
+    code = 'from lwsr_plugin.fast.ops import keep_freed_memory; print(keep_freed_memory())'
+    for flag, expected in (('1', str(sys.platform.startswith('linux'))), ('0', 'False')):
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, LWSR_KEEP_MEMORY=flag)).stdout.strip()
+        assert out == expected, (flag, out)
 
 
 # ------------------------------------------------------------------------------------------- GPU logic, on the CPU
