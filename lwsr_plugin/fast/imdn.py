@@ -119,9 +119,9 @@ class FastIMDN(FastForm):
         for conv in self.head[1:]:
             fea = conv(fea)
         n, c, h, w = fea.shape
+        d = self.blocks[0].d
         trunk, refined, spare, *outs = self.scratch.get(
-            fea, ((n, c * len(self.blocks), h, w), (n, 4 * self.blocks[0].d, h, w), (n * 4 * self.blocks[0].d * h * w, ),
-                  (n, c, h, w), (n, c, h, w)))
+            fea, ((n, c * len(self.blocks), h, w), (n, 4 * d, h, w), (n * 4 * d * h * w, ), (n, c, h, w), (n, c, h, w)))
         out = fea
         for i, blk in enumerate(self.blocks):
             out = blk(out, refined, spare, outs[i % 2])

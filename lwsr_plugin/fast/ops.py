@@ -7,16 +7,19 @@ kept for a measured reason (``scripts/benchmark_inference.py``, 2 CPU cores):
   ``torch.ops.mkldnn._convolution_pointwise`` with the weight reordered once into oneDNN's blocked layout (a plain
   ``F.conv2d`` reorders it on every call) and LeakyReLU / ReLU as a post-op (a 48-channel 3x3 conv + LeakyReLU at
   320x180: 28-36 ms fused against 44-48 ms as two ops). A residual ``+ other`` is an add after the conv in fp32
-  (faster here than oneDNN's binary post-op), the post-op in bf16 (one rounding), or the post-op accumulating into ``other`` in place, which may be a channel
-  slice of a larger buffer, so a conv can write into a concatenation buffer without a copy. Elsewhere (CUDA, fp16 on CPU, a build without oneDNN) it
-  is ``F.conv2d`` followed by the same tail in place.
+  (faster here than oneDNN's binary post-op), the post-op in bf16 (one rounding), or the post-op accumulating into
+  ``other`` in place, which may be a channel slice of a larger buffer, so a conv can write into a concatenation
+  buffer without a copy. Elsewhere (CUDA, fp16 on CPU, a build without oneDNN) it is ``F.conv2d`` followed by the
+  same tail in place.
 * :func:`split_conv` / :func:`merge_convs`: output channels of one conv as several convs, or several convs reading
   the same input as one: a slice of a channels_last map is a strided view that oneDNN first copies.
 * :func:`deconv_as_subpixel`: a strided ``ConvTranspose2d`` as a dense conv + pixel shuffle (the same products;
   IDN's 17x17 stride-4 RBlock: 270-316 ms as a transposed conv, 36-40 ms as a 5x5 conv to 16 channels).
 * :class:`Scratch`: buffers reused between calls of the same shape: a large fresh tensor page-faults on first
   touch (glibc returns freed big blocks to the OS), which costs more than filling it.
-* :func:`elu_`: ELU in place with the vectorised ``exp`` (``blocks.ELU``'s arithmetic with one temporary).
+* :func:`elu_` / :func:`elu_add_`: ELU in place, or ``dst += elu(y)``, as one compiled loop.
+* :func:`phase_conv` (:class:`ShuffleConv` ``then``): a conv after a pixel shuffle as a conv on its phases.
+* :func:`keep_freed_memory`: glibc keeps freed memory in an inference process (no page faults on large maps).
 """
 import ctypes
 import ctypes.util
