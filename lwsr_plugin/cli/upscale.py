@@ -204,7 +204,7 @@ def main(argv=None):
     device = args.device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cpu':
+    if device.startswith('cpu'):
         from lwsr_plugin.fast.ops import keep_freed_memory
         keep_freed_memory()  # large activations reuse this process's memory instead of page-faulting anew
     try:

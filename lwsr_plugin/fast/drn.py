@@ -14,7 +14,7 @@ eqs. 1-15, pixel-shuffle reconstruction), the module's arithmetic rearranged:
 * The output mean shift and the division by ``img_range`` are folded into the last conv (both are affine maps after
   it, so no border effect). The upsampler's maps (236 MB at 720p) are reused buffers: fresh ones page-fault.
 """
-import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lwsr_plugin.archs.drn_arch import DRN
@@ -36,9 +36,7 @@ class _FastRDB(nn.Module):
             w1[:, :c1.in_channels] = c1.weight
             w3 = c3.weight.new_zeros(self.width, *c3.weight.shape[1:])
             w3[:c3.out_channels] = c3.weight
-            b3 = None if c3.bias is None else c3.bias.new_zeros(self.width)
-            if b3 is not None:
-                b3[:c3.out_channels] = c3.bias
+            b3 = None if c3.bias is None else F.pad(c3.bias, (0, self.width - c3.out_channels))
             convs.append(nn.ModuleList([FastConv(w1, c1.bias), FastConv.from_conv(c2), FastConv(w3, b3)]))
         self.steps = convs
         self.fusion = FastConv.from_conv(rdb.fusion[0])

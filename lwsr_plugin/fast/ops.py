@@ -422,11 +422,11 @@ class ShuffleConv(nn.Module):
         if self.then is not None:
             out = F.pixel_shuffle(self.then(y), r)
             return out if other is None else out.add_(other)
-        fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) and c > 1 \
-            else torch.contiguous_format
-        if bufs is not None and c > 1:
+        if bufs is not None:
             out = bufs[1]
         else:
+            fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) and c > 1 \
+                else torch.contiguous_format
             out = torch.empty(n, c, h * r, w * r, dtype=y.dtype, device=y.device, memory_format=fmt)
         out.unflatten(3, (w, r)).unflatten(2, (h, r)).copy_(y.unflatten(1, (r, r, c)).permute(0, 3, 4, 1, 5, 2))
         return out if other is None else out.add_(other)
