@@ -4,7 +4,7 @@ Workers (``multiprocessing``) turn one source image each into encoded records; t
 them, so LMDB sees a single writer. Outputs are published only after every job succeeded.
 
 The commands import this module before parsing their arguments: OpenCV, NumPy, torch and BasicSR are imported only
-by :func:`run_jobs`, i.e. once the arguments and the inputs have been checked.
+by :func:`write_lmdbs` / :func:`run_jobs`, i.e. once the arguments, the inputs and the targets have been checked.
 """
 import argparse
 import multiprocessing
@@ -46,9 +46,22 @@ def _thread_settings(saved=None):
 
 
 def _import_pixel_modules():
-    # Before the pool forks: the workers inherit NumPy, torch and BasicSR (through .resize) from the parent instead
-    # of importing them each, which costs seconds and a few hundred MB per worker.
-    from . import resize  # noqa: F401
+    """Imports NumPy, torch and BasicSR (through .resize) with Ctrl-C held back until they are in.
+
+    Before the pool forks: the workers inherit them from the parent instead of importing them each, which costs
+    seconds and a few hundred MB per worker. Before any temporary output exists, and with SIGINT blocked meanwhile:
+    a KeyboardInterrupt raised inside the C++ initialisation of a torch extension aborts the process
+    (``terminate called after throwing an instance of 'pybind11::error_already_set'``, SIGABRT, the temporary LMDBs
+    left behind); held back, it is raised once the import is done and cleans up like any Ctrl-C."""
+    if 'lwsr_plugin.data.resize' in sys.modules:
+        return
+    hold = (threading.current_thread() is threading.main_thread() and hasattr(signal, 'pthread_sigmask'))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
+    try:
+        from . import resize  # noqa: F401
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C pending meanwhile is delivered here
 
 
 def run_jobs(func, jobs, workers, desc):
@@ -84,6 +97,7 @@ def write_lmdbs(outputs, func, jobs, workers, overwrite, compress_level, desc):
     Returns (images, records, seconds) and prints the throughput.
     """
     check_targets(outputs.values(), overwrite)
+    _import_pixel_modules()
     writers = {}
     results = None
     start = time.time()
