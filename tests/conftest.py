@@ -27,3 +27,17 @@ def shared():
 @pytest.fixture(scope='session')
 def datasets_dir():
     return shared_path('datasets')
+
+
+def bf16_upscaler(net, **kwargs):
+    """``Upscaler(net, precision='bf16')``, as ``lwsr-upscale --bf16`` runs it. A CPU without native bf16 refuses
+    that (bf16 is slower than fp32 there); on one, the same fast form runs through the emulated bf16 kernels, so
+    its bf16 arithmetic is still checked."""
+    import torch
+    from lwsr_plugin.fast.cuda import bf16_native
+    from lwsr_plugin.inference import Upscaler
+    if bf16_native(torch.device('cpu')):
+        return Upscaler(net, precision='bf16', **kwargs)
+    up = Upscaler(net, **kwargs)
+    up.net, up.dtype = up.net.to(torch.bfloat16), torch.bfloat16
+    return up

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from basicsr.metrics import calculate_psnr
 
+from conftest import bf16_upscaler
 from lwsr_plugin.cli import upscale as upscale_cli
 from lwsr_plugin.convert.caffe_idn import convert_idn_caffemodel
 from lwsr_plugin.fast import FORMS, FastDRN, FastForm, FastIDN, FastIMDN, FastIMDN_RTC, FastSLWSR, fast_inference_net
@@ -116,7 +117,7 @@ def test_bf16_set5_psnr_within_002_db_of_fp32(case, shared, datasets_dir):
     in test_fast_imdn; DRN and s-LWSR16/64 have none)."""
     arch, _, scale, _ = CASES[case]
     net = _official(shared, CASES[case])
-    runs = {p: Upscaler(copy.deepcopy(net), precision=p) for p in ('fp32', 'bf16')}
+    runs = {'fp32': Upscaler(copy.deepcopy(net)), 'bf16': bf16_upscaler(copy.deepcopy(net))}
     psnr = {p: [] for p in runs}
     for name in SET5:
         lr = cv2.imread(os.path.join(datasets_dir, 'Set5', 'LR_bicubic', f'X{scale}', f'{name}x{scale}.png'))
@@ -297,7 +298,11 @@ def test_fixed_tile_batch_same_output():
 
 
 def test_runtime_checks(monkeypatch):
+    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: True)
     assert fast_cuda.check_runtime('cpu', 'bf16').type == 'cpu'
+    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: False)  # e.g. an AVX2 CPU
+    with pytest.raises(fast_cuda.RuntimeProblem, match='--bf16: this CPU has no native bf16 .*; drop --bf16'):
+        fast_cuda.check_runtime('cpu', 'bf16')
     with pytest.raises(fast_cuda.RuntimeProblem, match='--half: .*use --bf16 on CPU'):
         fast_cuda.check_runtime('cpu', 'fp16')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
@@ -315,12 +320,14 @@ def test_runtime_checks(monkeypatch):
 
 @pytest.mark.parametrize('extra, message', [
     (['--half'], '--half: float16 inference needs a CUDA device'),
+    (['--bf16', '--device', 'cpu'], '--bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)'),
     (['--device', 'cuda:7'], '--device cuda:7:'),
     (['--tile', '4', '--tile-overlap', '8'], '--tile 4 is smaller than --tile-overlap 8'),
     (['--device', 'mps'], '--device mps: only cpu and cuda devices are supported'),
     (['--device', 'gpu0'], '--device gpu0: not a device name'),
 ])
-def test_upscale_bad_runtime_flags(extra, message, tmp_path, capsys):
+def test_upscale_bad_runtime_flags(extra, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: device.type == 'cuda')  # --bf16 case: an AVX2 CPU
     src = tmp_path / 'in'
     src.mkdir()
     cv2.imwrite(str(src / 'a.png'), np.zeros((8, 8, 3), np.uint8))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from basicsr.metrics import calculate_psnr
+from conftest import bf16_upscaler
 
 from lwsr_plugin.fast_imdn import FastIMDN, fast_inference_net
 from lwsr_plugin.inference import Upscaler, load_model, network_options, tile_stat_layers, tiled_forward
@@ -65,7 +66,7 @@ def test_imdn_as_both_paths(shared, set5):
 
 def test_bf16_set5_psnr_within_002_db_of_fp32(imdn_x4, set5):
     """Issue 7: bf16 + channels_last must keep Set5 x4 Y-PSNR within 0.02 dB of fp32."""
-    runs = {p: Upscaler(copy.deepcopy(imdn_x4), precision=p) for p in ('fp32', 'bf16')}
+    runs = {'fp32': Upscaler(copy.deepcopy(imdn_x4)), 'bf16': bf16_upscaler(copy.deepcopy(imdn_x4))}
     assert isinstance(runs['bf16'].net, FastIMDN)
     psnr = {p: [] for p in runs}
     for name in SET5:

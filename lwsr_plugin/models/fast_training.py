@@ -35,6 +35,8 @@ import torch
 
 from basicsr.utils import get_root_logger
 
+from lwsr_plugin.fast.cuda import bf16_native
+
 AMP_VALUES = ('bf16', 'fp16', 'auto', False)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
@@ -45,15 +47,6 @@ class TrainingOptionError(ValueError):
 
 class NonFiniteTrainingError(SystemExit):
     """Raised after ``train.max_nonfinite_steps`` non-finite steps in a row; ends the run with its message."""
-
-
-def bf16_native(device):
-    """True where bf16 runs at speed: CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX."""
-    if device.type == 'cuda':
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, 'cpu', None)
-    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
 def _compile_probe(device):
