@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lwsr_plugin.fast.cuda import bf16_native
 from lwsr_plugin.inference import Upscaler, _in_channels, load_model, network_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -163,16 +164,20 @@ def bench(label, size, repeats, device, compile_):
     runs = {BASE: (lambda: official_imdn_forward(plain, xd).clamp(0, 1)) if arch == 'IMDN' else
             (lambda: plain(xd).clamp(0, 1))}
     graphs = dict(cuda_graphs=False)
+    bf16 = bf16_native(torch.device(device))  # elsewhere --bf16 is refused: slower than fp32
     paths = {'module, channels_last fp32': Upscaler(copy.deepcopy(net), device, fast=False, **graphs),
-             'fast, channels_last fp32': Upscaler(copy.deepcopy(net), device, **graphs),
-             'fast, bf16 + channels_last': Upscaler(copy.deepcopy(net), device, precision='bf16', **graphs)}
+             'fast, channels_last fp32': Upscaler(copy.deepcopy(net), device, **graphs)}
+    if bf16:
+        paths['fast, bf16 + channels_last'] = Upscaler(copy.deepcopy(net), device, precision='bf16', **graphs)
     if cuda:
         paths['fast, fp16 + channels_last'] = Upscaler(copy.deepcopy(net), device, precision='fp16', **graphs)
-        paths['fast, bf16 + CUDA graphs'] = Upscaler(copy.deepcopy(net), device, precision='bf16')
+        if bf16:
+            paths['fast, bf16 + CUDA graphs'] = Upscaler(copy.deepcopy(net), device, precision='bf16')
         paths['fast, fp16 + CUDA graphs'] = Upscaler(copy.deepcopy(net), device, precision='fp16')
     if compile_:
         paths['compile fp32'] = Upscaler(copy.deepcopy(net), device, compile=True)
-        paths['compile bf16'] = Upscaler(copy.deepcopy(net), device, precision='bf16', compile=True)
+        if bf16:
+            paths['compile bf16'] = Upscaler(copy.deepcopy(net), device, precision='bf16', compile=True)
     runs.update({name: (lambda up=up: up.run_tensor(xd)) for name, up in paths.items()})
     replay, macs = conv_macs(net, x)
     single_macs = 64 * 64 * 9 * h * w
@@ -225,13 +230,27 @@ def bench(label, size, repeats, device, compile_):
                 single_rate=single_rate, weights='official' if ckpt else 'random')
 
 
+def cpu_name():
+    """The CPU's model name and the vector ISA torch's kernels use here (e.g. 'AMD EPYC (AVX2)')."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    isa = getattr(getattr(torch.backends, 'cpu', None), 'get_cpu_capability', lambda: '')()
+    return f'{name} ({isa})' if isa else name
+
+
 def markdown(results, device, repeats, keep_memory=False):
     """The README table: one row per case, ratios of medians to the baseline (of minimums in brackets)."""
     cuda = device.startswith('cuda')
-    lines = [f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, '
+    lines = [f'Machine: {cpu_name()}, {os.cpu_count()} CPU cores, '
              f'{torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}'
              + (f' ({torch.cuda.get_device_name(device)})' if cuda else '') + f'; {repeats} interleaved rounds'
-             + ('; glibc keeps freed memory (--keep-memory)' if keep_memory else '') + '.', '']
+             + ('; glibc keeps freed memory (--keep-memory)' if keep_memory else '')
+             + ('' if bf16_native(torch.device(device)) else '; no native bf16 here (--bf16 refused), no bf16 column')
+             + '.', '']
     if cuda:
         lines += ['| arch | baseline | fast fp32 | fast bf16 | fast fp16 | bf16 + graphs fps | fp16 + graphs fps '
                   '| peak MiB (fp16 graphs) |', '|---|---|---|---|---|---|---|---|']
@@ -250,9 +269,10 @@ def markdown(results, device, repeats, keep_memory=False):
         base = f"{rows[BASE]['ms']:.0f} ms" + (' official fwd' if r['arch'] == 'IMDN' else '')
         if cuda:
             g16, gb = rows.get('fast, fp16 + CUDA graphs'), rows.get('fast, bf16 + CUDA graphs')
+            gb_fps = f"{gb['fps']:.0f}" if gb else '-'
             lines.append(f"| {head} | {base} | {ratio('fast, channels_last fp32')} | "
                          f"{ratio('fast, bf16 + channels_last')} | {ratio('fast, fp16 + channels_last')} | "
-                         f"{gb['fps']:.0f} | {g16['fps']:.0f} | {g16['peak']:.0f} |")
+                         f"{gb_fps} | {g16['fps']:.0f} | {g16['peak']:.0f} |")
         else:
             fast = rows['fast, channels_last fp32']
             lines.append(f"| {head} | {base} | {ratio('module, channels_last fp32')} | "

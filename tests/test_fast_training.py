@@ -127,6 +127,25 @@ def test_accumulate_micro_batches_give_the_whole_batch_step(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, split.net_g.parameters()))
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_is_fp32(monkeypatch):
+    """An AVX2 CPU emulates bf16 (slower than fp32): ``amp: bf16`` trains as asked, with one warning naming the
+    option and the fix; ``amp: auto`` trains in fp32 there and in bf16 where it is native."""
+    from lwsr_plugin.models import fast_training
+    warnings = []
+
+    class Logger:
+        def warning(self, msg):
+            warnings.append(msg)
+
+    monkeypatch.setattr(fast_training, 'get_root_logger', Logger)
+    cpu = torch.device('cpu')
+    for native in (False, True):
+        monkeypatch.setattr(fast_training, 'bf16_native', lambda device, native=native: native)
+        assert fast_training.TrainingOptions({'train': {'amp': 'bf16'}}, cpu).amp == 'bf16'
+        assert fast_training.TrainingOptions({'train': {'amp': 'auto'}}, cpu).amp == ('bf16' if native else False)
+    assert len(warnings) == 1 and warnings[0].startswith('train.amp: bf16 on a CPU without native bf16'), warnings
+
+
 def test_deterministic_option_sets_the_torch_flags():
     from lwsr_plugin.models.fast_training import TrainingOptions
     saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, \

@@ -111,6 +111,9 @@ class TrainingOptions:
         if amp == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
             raise TrainingOptionError(f'train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}. '
                                       'Use `amp: fp16` (or `amp: false`).')
+        if amp == 'bf16' and device.type == 'cpu' and not bf16_native(device):
+            get_root_logger().warning('train.amp: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated '
+                                      'and runs slower than fp32 here; `amp: auto` (or false) trains in fp32.')
         self.amp = amp
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
         self.channels_last = bool(train_opt.get('channels_last', False))
