@@ -29,6 +29,7 @@ them, so every rank takes the same decision. After ``max_nonfinite_steps`` such 
 message naming the iteration and the likely causes.
 """
 import contextlib
+import logging
 import math
 
 import torch
@@ -39,6 +40,17 @@ from lwsr_plugin.fast.cuda import bf16_native
 
 AMP_VALUES = ('bf16', 'fp16', 'auto', False)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+_WARNED = set()
+
+
+def _warn_once(msg):
+    """``msg`` on BasicSR's logger, once per process. Not through ``get_root_logger``: the options are parsed before
+    train.py sets the logger up with its log file, and a first ``get_root_logger()`` call would set it up without."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        logging.getLogger('basicsr').warning(msg)
 
 
 class TrainingOptionError(ValueError):
@@ -112,8 +124,8 @@ class TrainingOptions:
             raise TrainingOptionError(f'train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}. '
                                       'Use `amp: fp16` (or `amp: false`).')
         if amp == 'bf16' and device.type == 'cpu' and not bf16_native(device):
-            get_root_logger().warning('train.amp: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated '
-                                      'and runs slower than fp32 here; `amp: auto` (or false) trains in fp32.')
+            _warn_once('train.amp: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and runs slower '
+                       'than fp32 here; `amp: auto` (or false) trains in fp32.')
         self.amp = amp
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
         self.channels_last = bool(train_opt.get('channels_last', False))
