@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lwsr_plugin.fast.cuda import bf16_native
+from lwsr_plugin.fast.cuda import bf16_native, cpu_name
 from lwsr_plugin.inference import Upscaler, _in_channels, load_model, network_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -228,23 +228,6 @@ def bench(label, size, repeats, device, compile_):
                           delta=delta, fps=1 / med[name], peak=peaks.get(name))
     return dict(label=label, arch=arch, scale=scale, lr=(w, h), out=(out_w, out_h), rows=rows,
                 single_rate=single_rate, weights='official' if ckpt else 'random')
-
-
-def cpu_name():
-    """The CPU's model name and the vector ISA torch's kernels use here, with AMX where oneDNN has it (e.g.
-    'AMD EPYC (AVX2)', 'Intel(R) Xeon(R) Processor (AVX512 + AMX)')."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    isa = getattr(getattr(torch.backends, 'cpu', None), 'get_cpu_capability', lambda: '')()
-    # torch's own kernels stop at AVX512, but oneDNN's bf16 convs run on AMX tiles where there are some (a 64->64
-    # 3x3 conv at 640x360: 8 ms bf16 against 65 ms fp32 on such a CPU), which changes what the bf16 column means
-    if isa and getattr(getattr(torch, 'cpu', None), '_is_amx_tile_supported', lambda: False)():
-        isa += ' + AMX'
-    return f'{name} ({isa})' if isa else name
 
 
 def markdown(results, device, repeats, keep_memory=False):

@@ -336,6 +336,20 @@ def test_upscale_bad_runtime_flags(extra, message, tmp_path, capsys, monkeypatch
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
+def test_cpu_name_names_the_model_the_isa_and_amx(monkeypatch):
+    """The benchmark's and the report's machine line: /proc/cpuinfo's model name, the ISA torch's kernels use and
+    '+ AMX' only where the CPU has AMX tiles (oneDNN's bf16 convs run there, several times faster than fp32)."""
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda amx=amx: amx)
+        name = fast_cuda.cpu_name()
+        assert name.endswith('(AVX512 + AMX)' if amx else '(AVX512)'), name
+    if os.path.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), None)
+        assert model is None or name.startswith(model + ' ('), (name, model)
+
+
 @pytest.mark.parametrize('val', [{}, {'tile': 10, 'tile_overlap': 4, 'self_ensemble': True}])
 def test_lwsr_model_test_runs_the_fast_form(val, monkeypatch):
     """``LWSRModel.test`` (validation and lwsr-test) runs the arch's fast form, with the module's output."""

@@ -241,7 +241,7 @@ def header(settings):
     s = settings
     out_w, out_h = s['output_size']
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {s['cores']} CPU cores visible, torch "
+        f"Machine: {s.get('cpu') or platform.processor() or platform.machine()}, {s['cores']} CPU cores visible, torch "
         f"{s['torch']}; torch CPU threads: {s['threads']} (fixed with torch.set_num_threads); GPU: {s['gpu']}.",
         f"Input: the LR image of a {out_w}x{out_h} output for every model (LR sides rounded up; batch 1, fp32, "
         f"{'NCHW; the plain module' if s['plain'] else 'channels_last; the fast inference form lwsr-upscale runs'}; "
@@ -409,11 +409,13 @@ def main(argv=None):
 
     import torch
     from tqdm import tqdm
+
+    from lwsr_plugin.fast.cuda import cpu_name
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and not args.no_gpu
     settings = {'output_size': args.output_size, 'plain': args.plain, 'warmup': args.warmup,
                 'repeats': args.repeats, 'threads': args.threads,
-                'cores': os.cpu_count(), 'torch': torch.__version__,
+                'cpu': cpu_name(), 'cores': os.cpu_count(), 'torch': torch.__version__,
                 'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
     csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')
     rows, failures, start = [], [], time.time()
