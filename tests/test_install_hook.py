@@ -94,7 +94,10 @@ if __name__ == "__main__":
 def test_spawned_dataloader_workers(tmp_path, datasets_dir):
     script = tmp_path / 'spawn_check.py'
     script.write_text(SPAWN_SCRIPT)
-    assert run([PY, str(script), datasets_dir], cwd=tmp_path).stdout.strip().endswith('5 batches')
+    out = run([PY, str(script), datasets_dir], cwd=tmp_path).stdout
+    # a line of its own, not the last one: at exit CPython's resource tracker may warn on stderr (merged here) that a
+    # worker queue's semaphore ('/mp-...') was already unlinked, a race of spawn in CPython itself (seen once in CI)
+    assert '5 batches' in out.splitlines(), out
 
 
 def test_console_scripts_installed():
