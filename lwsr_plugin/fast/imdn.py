@@ -155,7 +155,7 @@ class FastIMDN(FastForm):
 
 class FastIMDN_RTC(FastForm):
     """Wraps a trained IMDN_RTC (the official real-time model: IMDBs without attention, 1x1 conv + long skip,
-    pixel-shuffle upsampler) for inference; it computes in NCHW (see ``_forward``).
+    pixel-shuffle upsampler) for inference, in the caller's memory layout (see ``_forward``).
 
     Args:
         net (IMDN_RTC): The trained network.
@@ -173,10 +173,10 @@ class FastIMDN_RTC(FastForm):
         self.upsampler = ShuffleConv(FastConv.from_conv(up_conv), shuffle.upscale_factor)
 
     def _forward(self, x):
-        # NCHW whatever the caller's layout: at batch 1 the 3-channel refined parts are then dense slices to copy
-        # (channels_last: strided); with no coarse slices left the two layouts measured alike (95 / 97 ms at 640x360
-        # input, medians of 15 rounds), NCHW was 0.72x of channels_last when each conv copied its coarse slice
-        x = x.contiguous()
+        # the caller's layout (lwsr-upscale's: channels_last). In NCHW the 3-channel refined parts are dense slices
+        # to copy (channels_last: strided), but the convs run slower: at 640x360 input on an AMX CPU NCHW took bf16
+        # 41.6 / 43.9 ms against 37.1 / 39.0 channels_last, fp32 90.9 / 114.1 against 88.7 / 106.5 (medians of 21
+        # interleaved rounds, two runs); on an AVX512-BF16 CPU the fp32 layouts measured alike (95 / 97 ms)
         fea = self.head.head(x)
         n, _, h, w = fea.shape
         d = self.blocks[0].d
