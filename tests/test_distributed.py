@@ -306,6 +306,30 @@ def test_every_rank_resumes_from_rank0_choice(tmp_path):
                      out), out[-4000:]
 
 
+EXIT_SCRIPT = r'''
+import atexit, os, torch.distributed as dist
+# registered before init_dist, so it runs after the plugin's exit handler (atexit runs handlers last in, first out)
+atexit.register(lambda: print(f"rank {os.environ['RANK']} group alive at exit: {dist.is_initialized()}", flush=True))
+from lwsr_plugin import compat
+compat.init_dist("pytorch")
+box = [os.environ["RANK"]]
+dist.broadcast_object_list(box, src=0)  # a collective, then the script ends as BasicSR's train.py does
+print(f"rank {os.environ['RANK']} got {box[0]}", flush=True)
+'''
+
+
+def test_gloo_group_is_destroyed_at_exit(tmp_path):
+    """A script that ends without destroy_process_group (BasicSR's train.py) leaves the gloo group to the plugin's
+    exit handler, which destroys it before interpreter teardown (where a rank once aborted with 'terminate called
+    without an active exception' and failed a finished run)."""
+    script = tmp_path / 'exit_check.py'
+    script.write_text(EXIT_SCRIPT)
+    _, out = _run(_torchrun('--nproc_per_node=2', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{free_port()}',
+                            script), str(tmp_path), timeout=240)
+    for rank in (0, 1):
+        assert f'rank {rank} got 0' in out and f'rank {rank} group alive at exit: False' in out, out[-3000:]
+
+
 # -------------------------------------------------------------------------------------------------- bad input
 def test_node_that_never_arrives_ends_at_the_rendezvous_timeout(tmp_path, datasets_dir):
     """--nnodes=2 with one node started: torchrun gives up after --rdzv-conf join_timeout (no worker starts)."""
