@@ -21,7 +21,6 @@ s-LWSR32's 1-epoch release checkpoint); random weights otherwise (speed does not
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 

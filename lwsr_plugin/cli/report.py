@@ -30,7 +30,6 @@ after each model, so an interrupted run leaves valid files holding the rows meas
 import argparse
 import csv
 import os
-import platform
 import statistics
 import sys
 import time
@@ -241,7 +240,7 @@ def header(settings):
     s = settings
     out_w, out_h = s['output_size']
     lines = [
-        f"Machine: {s.get('cpu') or platform.processor() or platform.machine()}, {s['cores']} CPU cores visible, torch "
+        f"Machine: {s['cpu']}, {s['cores']} CPU cores visible, torch "
         f"{s['torch']}; torch CPU threads: {s['threads']} (fixed with torch.set_num_threads); GPU: {s['gpu']}.",
         f"Input: the LR image of a {out_w}x{out_h} output for every model (LR sides rounded up; batch 1, fp32, "
         f"{'NCHW; the plain module' if s['plain'] else 'channels_last; the fast inference form lwsr-upscale runs'}; "
