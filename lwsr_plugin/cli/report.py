@@ -244,7 +244,10 @@ def header(settings):
         f"{s['torch']}; torch CPU threads: {s['threads']} (fixed with torch.set_num_threads); GPU: {s['gpu']}.",
         f"Input: the LR image of a {out_w}x{out_h} output for every model (LR sides rounded up; batch 1, fp32, "
         f"{'NCHW; the plain module' if s['plain'] else 'channels_last; the fast inference form lwsr-upscale runs'}; "
-        f"3 channels, IDN 1 (Y); IMDN_AS takes the image resized to the output size, {out_w}x{out_h}).",
+        f"3 channels, IDN 1 (Y); IMDN_AS takes the image resized to the output size, {out_w}x{out_h}); "
+        + ('glibc keeps freed memory for reuse, as in lwsr-upscale (LWSR_KEEP_MEMORY=0 turns it off).'
+           if s.get('keep_memory') else 'freed memory goes back to the OS (large maps page-fault on each forward; '
+           'lwsr-upscale keeps it where glibc allows).'),
         f"CPU ms: median wall-clock time of {s['repeats']} timed forwards after the memory-measuring forward and "
         f"{s['warmup']} more warm-up forwards (torch.inference_mode; a memory-measuring forward of 10 s or more is "
         "the first timed one); IQR: 25th-75th percentile of those forwards. "
@@ -410,10 +413,14 @@ def main(argv=None):
     from tqdm import tqdm
 
     from lwsr_plugin.fast.cuda import cpu_name
+    from lwsr_plugin.fast.ops import keep_freed_memory
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and not args.no_gpu
+    # as lwsr-upscale on CPU: large activations reuse the process's memory; without it every map over 32 MB
+    # page-faults anew on each forward, which more than doubled DRN+'s 64 -> 288 1x1 convs at 720p
+    kept = keep_freed_memory()
     settings = {'output_size': args.output_size, 'plain': args.plain, 'warmup': args.warmup,
-                'repeats': args.repeats, 'threads': args.threads,
+                'repeats': args.repeats, 'threads': args.threads, 'keep_memory': kept,
                 'cpu': cpu_name(), 'cores': os.cpu_count(), 'torch': torch.__version__,
                 'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
     csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')

@@ -7,7 +7,9 @@ eqs. 1-15, pixel-shuffle reconstruction), the module's arithmetic rearranged:
   last 1x1 conv likewise writes the whole width, the rows past D_i + d zero (ELU(0) = 0), so the step's output
   ``[x + residual, distilled]`` (eq. 11) is one fused ELU + add over the whole buffer (the distilled part lands on
   zeros; :func:`~lwsr_plugin.fast.ops.elu_add_`): an add into a channel slice is a strided pass, ~8x slower in
-  bf16. No ``torch.split`` / ``torch.cat`` per step.
+  bf16. No ``torch.split`` / ``torch.cat`` per step. A step's conv outputs that would page-fault as fresh maps
+  (DRN+'s 288-channel ones at 720p: over 32 MB, where freed memory is not kept) are written into reused buffers
+  (:meth:`~lwsr_plugin.fast.ops.FastConv.reused`).
 * ELU (alpha 0.2) in place with the vectorised ``exp`` on a reused temporary, its argument clamped at -20
   (:func:`~lwsr_plugin.fast.ops.elu_`): exp of large negative values takes a 10-20x slower path, and
   exp(x) - 1 is -1 below -17 in fp32 anyway.
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwsr_plugin.archs.drn_arch import DRN
-from .ops import FastConv, FastForm, ShuffleConv, elu_, elu_add_, fold_output_affine
+from .ops import FastConv, FastForm, ShuffleConv, elu_, elu_add_, fold_output_affine, has_compiled
 
 
 class _FastRDB(nn.Module):
@@ -41,16 +43,18 @@ class _FastRDB(nn.Module):
         self.steps = convs
         self.fusion = FastConv.from_conv(rdb.fusion[0])
 
-    def forward(self, x, buf, tmp):
+    def forward(self, x, buf, tmp, scratch):
         a = self.alpha
         first = self.first
         if self.entry is None:
             buf[:, :first].copy_(x)
         else:
-            buf[:, :first].copy_(elu_(self.entry(x), a, tmp))
+            buf[:, :first].copy_(elu_(self.entry.reused(x, scratch, 'entry'), a, tmp))
         buf[:, first:].zero_()
         for c1, c2, c3 in self.steps:
-            elu_add_(buf, c3(elu_(c2(elu_(c1(buf), a, tmp)), a, tmp)), a, tmp)
+            h = elu_(c1.reused(buf, scratch, 'c1'), a, tmp)
+            h = elu_(c2.reused(h, scratch, 'c2'), a, tmp)
+            elu_add_(buf, c3.reused(h, scratch, 'c3'), a, tmp)
         return elu_(self.fusion(buf), a, tmp)
 
 
@@ -82,12 +86,14 @@ class FastDRN(FastForm):
         y0 = self.lfe.head(net.sub_mean(x * net.img_range))
         n, _, h, w = y0.shape
         rdb0 = self.groups[0][0][0]
-        buf, tmp = self.scratch.get(y0, ((n, rdb0.width, h, w), (n * rdb0.width * h * w, )))
+        buf, = self.scratch.get(y0, ((n, rdb0.width, h, w), ))
+        # the eager ELU's temporary, only where the compiled one does not run (the buffers share one size budget)
+        tmp = None if has_compiled(y0) else self.scratch.get(y0, ((n * rdb0.width * h * w, ), ), 'elu')[0]
         y = y0
         for rdbs, fusion in self.groups:
             g = y
             for rdb in rdbs:
-                g = rdb(g, buf, tmp)
+                g = rdb(g, buf, tmp, self.scratch)
             if len(fusion):
                 g = elu_(fusion[0](g), self.alpha, tmp)
             y = g.add_(y)  # Y_g = F_g(Y_{g-1}) + Y_{g-1}
