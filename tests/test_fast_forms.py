@@ -225,11 +225,10 @@ def test_shuffle_conv_and_elu():
             assert got.dtype == dtype and (got.float() - (dst + F.elu(y, 0.2))).abs().max().item() <= tol
 
 
-def test_reused_outputs_where_fresh_maps_would_fault(monkeypatch, shared, lr_image):
-    """Where a fresh map would page-fault (threshold lowered to 0 here: at 720p, DRN+'s 288-channel maps), FastConv
-    writes into reused buffers, with the same output; not where freed memory is kept, nor for a small map."""
+def test_reused_output_shape_and_buffer(monkeypatch):
+    """FastConv.reused: where a fresh map would page-fault (threshold lowered to 0 here), the conv's output (shape
+    from stride, padding and dilation) in a buffer reused on the next call; not for a map under the threshold."""
     from lwsr_plugin.fast import ops
-    # FastConv.reused's output shape for stride, padding and dilation
     conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2)
     x = torch.randn(2, 4, 11, 9).contiguous(memory_format=torch.channels_last)
     fc, scratch = FastConv.from_conv(conv), Scratch()
@@ -239,25 +238,33 @@ def test_reused_outputs_where_fresh_maps_would_fault(monkeypatch, shared, lr_ima
         monkeypatch.setattr(ops, '_MMAP_THRESHOLD', 0)
         out = fc.reused(x, scratch, 'a')
         assert (out - conv(x)).abs().max().item() <= 1e-6 and scratch.nbytes() == out.numel() * 4
-        assert fc.reused(x, scratch, 'a').data_ptr() == out.data_ptr()  # the same buffer again
+        assert fc.reused(x, scratch, 'a').data_ptr() == out.data_ptr()
+
+
+# reused buffers per step: DRN+'s entry (256 channels), c1 / c2 (64) and c3 (the RDB's 288-channel width); IDN's
+# 64-channel block outputs among its maps (the upsamplers' maps are reused buffers either way)
+@pytest.mark.parametrize('case, widths', [('DRN+_x3', {256, 64, 288}), ('IDN_x2', {64, 48, 80})])
+def test_reused_maps_where_fresh_ones_would_fault(monkeypatch, shared, lr_image, case, widths):
+    """Where fresh maps would page-fault (threshold lowered to 0: at 720p, DRN+'s 288-channel maps, IDN x2's
+    64-channel ones), the forms write their step outputs into reused buffers, with the same output; not where freed
+    memory is kept."""
+    from lwsr_plugin.fast import ops
+    monkeypatch.setattr(ops, '_MMAP_THRESHOLD', 0)
     intos = []
     real_into = FastConv.into
     monkeypatch.setattr(FastConv, 'into', lambda self, x, out: intos.append(out.shape) or real_into(self, x, out))
-    case = CASES['DRN+_x3']
-    net = _official(shared, case)
-    x = lr_image('butterfly', 3)[..., :20, :26]
+    arch, _, scale, _ = CASES[case]
+    net = _official(shared, CASES[case])
+    x = lr_image('butterfly', scale, y=arch == 'IDN')[..., :20, :26]
     with torch.no_grad():
         ref = net(x)
     fast = fast_inference_net(copy.deepcopy(net)).to(memory_format=torch.channels_last)
-    for kept in (False, True):
+    for kept in (False, True, False):
         monkeypatch.setattr(ops, '_memory_kept', kept)
         intos.clear()
         out = fast(x.contiguous(memory_format=torch.channels_last))
         assert (out - ref).abs().max().item() <= TOL, kept
-        # entry (256), c1 / c2 (64) and c3 (the RDB's 288-channel width) of every step (the upsampler's 576-channel
-        # map is a reused buffer either way)
-        steps = {s[1] for s in intos} & {256, 64, 288}
-        assert steps == (set() if kept else {256, 64, 288}), kept
+        assert ({s[1] for s in intos} & widths) == (set() if kept else widths), kept
 
 
 def test_keep_freed_memory_in_a_fresh_process():

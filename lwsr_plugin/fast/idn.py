@@ -6,7 +6,9 @@ and compression unit eq. 12, RBlock + bicubic skip eq. 3), the module's arithmet
 * The last conv of the upper chain is two convs, the kept ``D3/s`` channels and the rest (eq. 9): no strided slice
   for oneDNN to copy. Eq. 11's ``P2 + C(S(P1, 1/s), B)`` adds the block input and the kept slice into P2's channel
   ranges in place instead of concatenating first.
-* Every conv carries its LeakyReLU as a fused post-op, with the weight packed once.
+* Every conv carries its LeakyReLU as a fused post-op, with the weight packed once. Maps that would page-fault as
+  fresh tensors (64 channels at x2 and 720p: 59 MB, where freed memory is not kept) are written into reused
+  buffers (:meth:`~lwsr_plugin.fast.ops.FastConv.reused`), the block outputs into two alternating ones.
 """
 from torch import nn
 
@@ -25,15 +27,15 @@ class _FastDBlock(nn.Module):
         self.lower = nn.ModuleList(FastConv.from_conv(low[i], 'lrelu', slope) for i in (0, 2, 4))
         self.compress = FastConv.from_conv(blk.compress[0], 'lrelu', slope)
 
-    def forward(self, x):
-        p = self.upper[1](self.upper[0](x))
-        kept, rest = self.kept(p), self.rest(p)
-        for conv in self.lower:
-            rest = conv(rest)
+    def forward(self, x, scratch, out_tag):
+        p = self.upper[1].reused(self.upper[0].reused(x, scratch, 'u0'), scratch, 'u1')
+        kept, rest = self.kept.reused(p, scratch, 'kept'), self.rest.reused(p, scratch, 'rest')
+        for i, conv in enumerate(self.lower):
+            rest = conv.reused(rest, scratch, f'l{i}')
         c = x.shape[1]
         rest[:, :c].add_(x)  # eq. 11: P2 + R, R = [block input, kept slice] in the official concat order
         rest[:, c:].add_(kept)
-        return self.compress(rest)
+        return self.compress.reused(rest, scratch, out_tag)
 
 
 class FastIDN(FastForm):
@@ -53,9 +55,9 @@ class FastIDN(FastForm):
         self.rblock = ShuffleConv(deconv_as_subpixel(net.rblock), net.upscale)
 
     def _forward(self, x):
-        f = self.fblock[1](self.fblock[0].head(x))
-        for blk in self.dblocks:
-            f = blk(f)
+        f = self.fblock[1].reused(self.fblock[0].head(x), self.scratch, 'out1')
+        for i, blk in enumerate(self.dblocks):
+            f = blk(f, self.scratch, f'out{i % 2}')  # a block reads the other buffer than it writes
         res = self.rblock(f)
         # eq. 3: R(...) + U(x), the bicubic skip at the input's precision (fp32 for an fp32 image)
         return res.to(x.dtype).add_(self.net.upsample(x))
