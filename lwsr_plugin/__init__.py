@@ -17,8 +17,7 @@ _lwsr_plugin_startup.install()  # torchvision alias + registration on `import ba
 if 'basicsr' in sys.modules:
     register()
 
-_LAZY = ('archs', 'compat', 'data', 'losses', 'metrics', 'models', 'inference', 'fast', 'fast_imdn', 'ops', 'convert',
-         'training_state', 'reproduce')
+_LAZY = ('archs', 'data', 'losses', 'metrics', 'models', 'inference', 'fast', 'ops', 'convert', 'patches', 'fileio')
 
 
 def __getattr__(name):  # `lwsr_plugin.archs.imdn_arch` without an import statement, as before

@@ -1,12 +1,13 @@
 """What ``lwsr-train`` / ``lwsr-test`` do around BasicSR's own ``train_pipeline`` / ``test_pipeline``, and what
-BasicSR's own ``basicsr/train.py`` / ``basicsr/test.py`` do when run as scripts (``compat`` hands them over here), so
+BasicSR's own ``basicsr/train.py`` / ``basicsr/test.py`` do when run as scripts (:mod:`lwsr_plugin.patches.pipeline`
+hands them over here), so
 that every entry point behaves the same:
 
 1. ``--help`` answers at once (BasicSR's arguments, plus where outputs go and how to add your own modules);
 2. the option file's ``user_modules`` are imported (your archs, models, losses, datasets; see ``registration``);
-3. the option file is checked (``cli.checks``): a mistake fails in one line before anything is written;
+3. the option file is checked (:mod:`lwsr_plugin.options.checks`): a mistake fails in one line before anything is written;
 4. the output root is chosen (``options.output_root``) and stated, on stdout and as the first line of the log file;
-5. BasicSR's pipeline runs, with every ``compat`` fix (CPU/gloo torchrun, resume on CPU, atomic checkpoints, ...);
+5. BasicSR's pipeline runs, with every fix of :mod:`lwsr_plugin.patches` (CPU/gloo torchrun, resume on CPU, atomic checkpoints, ...);
 6. whatever still fails is one line on stderr (exit status 2 for a refused option file or command line, 1 for a run
    that stopped), with the traceback only under ``--debug`` (or ``LWSR_DEBUG=1``). An image that cannot be decoded
    mid-run is named, and stops the run or, with ``datasets.<phase>.on_corrupt: skip``, is left out.
@@ -18,7 +19,7 @@ import contextlib
 import os
 import sys
 
-from lwsr_plugin.options import OptionError, load_yaml, output_root
+from lwsr_plugin.options import OptionError, load_yaml, opt_path, output_root, present_datasets_only
 
 PIPELINES = {'train': 'basicsr.train:train_pipeline', 'test': 'basicsr.test:test_pipeline'}
 
@@ -64,7 +65,7 @@ def run(kind, argv=None, default_root=None, default_source='the working director
     """Run BasicSR's ``kind`` pipeline ('train' or 'test') as described in the module docstring.
 
     ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). A test run leaves out the test sets whose
-    folders are absent (``cli.evaluate.present_datasets_only``). Returns the exit status.
+    folders are absent (``options.present_datasets_only``). Returns the exit status.
     """
     if argv is not None:
         sys.argv[1:] = list(argv)
@@ -72,7 +73,6 @@ def run(kind, argv=None, default_root=None, default_source='the working director
     if not args or '-h' in args or '--help' in args:
         help_parser(kind, prog).parse_args(args)  # prints help / a usage error and exits
     if kind == 'test':
-        from lwsr_plugin.cli.evaluate import present_datasets_only
         datasets = present_datasets_only(sys.argv)  # points -opt at a copy without the absent sets
     else:
         datasets = contextlib.nullcontext()
@@ -86,7 +86,7 @@ def _refuse(message):
 
 
 def _run(kind, args, default_root, default_source):
-    from lwsr_plugin.cli.checks import check_cli_options, opt_path
+    from lwsr_plugin.options.checks import check_cli_options
     opt_file = opt_path(args)
     if not opt_file:
         help_parser(kind).parse_args(args)  # -opt missing: argparse's usage line, status 2
@@ -102,7 +102,7 @@ def _run(kind, args, default_root, default_source):
         _refuse(f'lwsr_plugin: {err}')
     root, source = output_root(opt, default_root or os.getcwd(), default_source)
 
-    from lwsr_plugin import compat
+    from lwsr_plugin.patches.pipeline import atomic_result_images, guard_dataset_reads, run_settings
     check_cli_options(args, opt, kind)
     note = f'lwsr_plugin: outputs (experiments/, tb_logger/, results/) under {root} (from {source}).'
     if _is_rank0():
@@ -113,7 +113,7 @@ def _run(kind, args, default_root, default_source):
     guard_dataset_reads()
     atomic_result_images()
     try:
-        with compat.run_settings(root_note=note, kind=kind):
+        with run_settings(root_note=note, kind=kind):
             pipeline(root)
     except Exception as err:  # noqa: BLE001  (every failure becomes one line; --debug shows the stack)
         if '--debug' in args or os.environ.get('LWSR_DEBUG', '') not in ('', '0'):
@@ -138,93 +138,6 @@ def one_line(err):
                   flags=re.S)
     text = re.sub(r'Check the documentation of torch\.load.*?\.html\.?', '', text, flags=re.S)
     return f'{type(err).__name__}: {" ".join(text.split())}'[:600]
-
-
-class DatasetReadError(RuntimeError):
-    """An image of a dataset that cannot be read or decoded, named with its option and the fix."""
-
-
-def _unreadable(dataset, index):
-    """The GT or LQ file (or LMDB key) of pair ``index`` that does not decode, or None when both do."""
-    import cv2
-    import numpy as np
-    client = getattr(dataset, 'file_client', None)
-    if client is None:
-        return None
-    for key, client_key in (('gt_path', 'gt'), ('lq_path', 'lq')):
-        path = dataset.paths[index][key]
-        try:
-            raw = client.get(path, client_key)
-        except Exception:  # noqa: BLE001  (an unreadable file is what is looked for)
-            return path
-        if raw is None or cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-            if type(getattr(client, 'client', None)).__name__ == 'LmdbBackend':  # BasicSR popped io_backend.type
-                return f'record {path!r} of {dataset.opt["dataroot_" + client_key]}'
-            return path
-    return None
-
-
-def atomic_result_images():
-    """BasicSR's ``imwrite`` (validation/test images under ``visualization/`` and ``results/``) through a temporary
-    name in the same folder, renamed when complete: a killed ``lwsr-test`` leaves no truncated PNG under a final name.
-    Replaced wherever a BasicSR or plugin module imported the name."""
-    from basicsr.utils import img_util
-    original = img_util.imwrite
-    if getattr(original, '_lwsr_atomic', False):
-        return
-
-    def imwrite(img, file_path, params=None, auto_mkdir=True):
-        from lwsr_plugin.compat import atomic_target
-        if auto_mkdir:
-            os.makedirs(os.path.dirname(os.path.abspath(file_path)), exist_ok=True)
-        # the suffix keeps the extension: cv2 picks the codec by it; no fsync per validation image (not a checkpoint)
-        with atomic_target(file_path, suffix=os.path.splitext(file_path)[1], fsync=False) as tmp:
-            ok = original(img, tmp, params, auto_mkdir)
-        return ok
-
-    imwrite._lwsr_atomic = True
-    imwrite.__wrapped__ = original
-    for name, module in list(sys.modules.items()):
-        if (name.startswith(('basicsr', 'lwsr_plugin')) and module is not None and
-                getattr(module, 'imwrite', None) is original):
-            module.imwrite = imwrite
-
-
-def guard_dataset_reads():
-    """Make BasicSR's ``PairedImageDataset`` (and the plugin datasets built on it) name an image that cannot be
-    decoded instead of failing with ``'NoneType' object has no attribute 'astype'``; with
-    ``datasets.<phase>.on_corrupt: skip`` such pairs are left out (each named once in the log) and the next pair is
-    used. Forked DataLoader workers inherit the patch; spawned ones (--launcher pytorch) report the plain error."""
-    from basicsr.data.paired_image_dataset import PairedImageDataset
-    original = PairedImageDataset.__getitem__
-    if getattr(original, '_lwsr_guard', False):
-        return
-
-    def __getitem__(self, index):
-        skipped = self.__dict__.setdefault('_lwsr_skipped', set())
-        for _ in range(len(self)):
-            try:
-                return original(self, index)
-            except Exception:
-                bad = _unreadable(self, index)
-                if bad is None:
-                    raise
-            phase = self.opt.get('phase', 'train')
-            if self.opt.get('on_corrupt', 'stop') != 'skip':
-                raise DatasetReadError(f'datasets.{phase}: {bad} cannot be decoded (truncated or corrupt image). '
-                                       f'Replace the file, or set `datasets.{phase}.on_corrupt: skip` to leave such '
-                                       'pairs out.') from None
-            if bad not in skipped:
-                skipped.add(bad)
-                from basicsr.utils import get_root_logger
-                get_root_logger().warning(f'datasets.{phase}: skipping {bad}: cannot be decoded (on_corrupt: skip).')
-            index = (index + 1) % len(self)
-        raise DatasetReadError(f'datasets.{self.opt.get("phase", "train")}: no pair of the set can be decoded. Check '
-                               'dataroot_gt and dataroot_lq.')
-
-    __getitem__._lwsr_guard = True
-    __getitem__.__wrapped__ = original
-    PairedImageDataset.__getitem__ = __getitem__
 
 
 def run_basicsr_script(kind, basicsr_root):

@@ -52,7 +52,7 @@ def register():
         return
     _state['plugin'] = 'running'
     try:
-        importlib.import_module('lwsr_plugin.compat')  # imports basicsr; applies the patches
+        importlib.import_module('lwsr_plugin.patches')  # imports basicsr; applies the patches
         root = os.path.dirname(os.path.abspath(__file__))
         for sub, suffix in _SUBPACKAGES:
             import_modules_with_suffix(f'lwsr_plugin.{sub}', os.path.join(root, sub), suffix)
@@ -133,3 +133,30 @@ def import_user_modules(entries, source=OPTION_USER_MODULES):
             imported.append(name)
         _state['user'].add(key)
     return imported
+
+
+def resolve_network(opt, option='network_g'):
+    """The registered class for a network option dict; errors name the option: unknown ``type``, unknown kwarg."""
+    import difflib
+    import inspect
+
+    from basicsr.utils.registry import ARCH_REGISTRY
+    arch = opt.get('type')
+    for name in (arch, f'{arch}_basicsr'):
+        if name in ARCH_REGISTRY:
+            cls = ARCH_REGISTRY.get(name)
+            break
+    else:
+        close = difflib.get_close_matches(str(arch), list(ARCH_REGISTRY.keys()), n=3)
+        raise KeyError(f'{option}.type: {arch!r} is not registered in BasicSR\'s ARCH_REGISTRY' +
+                       (f'; did you mean {close}?' if close else '.') +
+                       f' Registered: {sorted(ARCH_REGISTRY.keys())}. For your own arch, list its file or folder under '
+                       '`user_modules:` in the option file (or in LWSR_USER_MODULES); see the README section '
+                       'Your own arch.')
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in opt if k != 'type' and k not in params]
+        if unknown:
+            raise TypeError(f'{option}: {unknown} not accepted by {arch}. Remove or rename them; {arch} takes: '
+                            f'{[k for k in params if k != "self"]}.')
+    return cls

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lwsr_plugin.compat import atomic_save, atomic_target, write_text_atomic
+from lwsr_plugin.fileio import atomic_save, atomic_target, write_text_atomic
 from lwsr_plugin.options import load_yaml
 
 # Bicubic on the Y channel, border = scale (IDN Table 2, the same numbers in IMDN's and DRN's tables)

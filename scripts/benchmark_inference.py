@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lwsr_plugin.fast.cuda import bf16_native, cpu_name
+from lwsr_plugin.ops.device import bf16_native, cpu_name
 from lwsr_plugin.inference import Upscaler, _in_channels, load_model, network_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -285,7 +285,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.keep_memory:
-        from lwsr_plugin.fast.ops import keep_freed_memory
+        from lwsr_plugin.fast.kernels import keep_freed_memory
         print(f'keep_freed_memory: {keep_freed_memory()}')
     labels = list(CASES) if args.all_archs else [ALIASES.get(a, a) for a in (args.archs or ['IMDN_x4'])]
     results = [bench(label, args.size, args.repeats, args.device, args.compile) for label in labels]

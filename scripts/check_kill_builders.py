@@ -118,7 +118,7 @@ def fingerprint(builder, path):
             shapes.append((rel, img.shape))
         return shapes
     if builder == 'pth':
-        from lwsr_plugin.compat import read_state_dict
+        from lwsr_plugin.fileio import read_state_dict
         state, _ = read_state_dict(path)
         return sorted((k, tuple(v.shape)) for k, v in state.items())
     if builder == 'sr':

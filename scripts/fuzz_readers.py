@@ -6,9 +6,9 @@ Readers and the error each must answer with (one line naming the file; anything 
 traceback):
 
 * ``caffemodel``: ``convert.caffe_idn.convert_idn_caffemodel`` (``lwsr-convert-idn``) -> ``CaffeModelError``;
-* ``pth``: ``compat.read_state_dict`` on a BasicSR ``.pth`` (pretrain, ``--ckpt``) -> ``ValueError``/``KeyError``;
-* ``safetensors``: ``compat.read_state_dict`` on a ``.safetensors`` checkpoint -> ``ValueError``/``KeyError``;
-* ``state``: ``compat.load_resume_state`` on a ``<iter>.state`` (``path.resume_state``) -> ``RuntimeError`` naming
+* ``pth``: ``fileio.read_state_dict`` on a BasicSR ``.pth`` (pretrain, ``--ckpt``) -> ``ValueError``/``KeyError``;
+* ``safetensors``: ``fileio.read_state_dict`` on a ``.safetensors`` checkpoint -> ``ValueError``/``KeyError``;
+* ``state``: ``patches.checkpoints.load_resume_state`` on a ``<iter>.state`` (``path.resume_state``) -> ``RuntimeError`` naming
   ``path.resume_state``, judged as ``lwsr-train`` prints it (``entry.one_line``).
 
 A mutation the reader accepts is counted as ``accepted`` (e.g. a flipped bit inside a weight). Outcomes:
@@ -70,22 +70,23 @@ def make_sources(folder):
     import torch
 
     from basicsr.models.lr_scheduler import MultiStepRestartLR
-    from lwsr_plugin import compat
+    from lwsr_plugin import fileio
+    from lwsr_plugin.patches import checkpoints
     from lwsr_plugin.archs.imdn_arch import IMDN
     torch.manual_seed(0)
     net = IMDN(num_feat=8, num_block=1, upscale=4)
     sources = {'caffemodel': os.path.join(SHARED, 'anchors', 'idn', 'IDN_x2.caffemodel')}
     sources['pth'] = os.path.join(folder, 'net_g_5.pth')
-    compat.atomic_save({'params': net.state_dict()}, sources['pth'])
+    fileio.atomic_save({'params': net.state_dict()}, sources['pth'])
     sources['safetensors'] = os.path.join(folder, 'net_g_5.safetensors')
-    compat.save_safetensors({f'params.{k}': v.contiguous() for k, v in net.state_dict().items()},
+    fileio.save_safetensors({f'params.{k}': v.contiguous() for k, v in net.state_dict().items()},
                             sources['safetensors'])
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4)
     net(torch.rand(1, 3, 8, 8)).mean().backward()
     optimizer.step()
     scheduler = MultiStepRestartLR(optimizer, milestones=[10], gamma=0.5)
     sources['state'] = os.path.join(folder, '5.state')
-    compat.atomic_save({'epoch': 0, 'iter': 5, 'optimizers': [optimizer.state_dict()],
+    fileio.atomic_save({'epoch': 0, 'iter': 5, 'optimizers': [optimizer.state_dict()],
                         'schedulers': [scheduler.state_dict()]}, sources['state'])
     return sources
 
@@ -95,13 +96,14 @@ def _reader(name):
     if name == 'caffemodel':
         from lwsr_plugin.convert.caffe_idn import CaffeModelError, convert_idn_caffemodel
         return lambda path: convert_idn_caffemodel(path), (CaffeModelError, )
-    from lwsr_plugin import compat
+    from lwsr_plugin import fileio
+    from lwsr_plugin.patches import checkpoints
     if name in ('pth', 'safetensors'):
-        return lambda path: compat.read_state_dict(path, 'params'), (ValueError, KeyError)
+        return lambda path: fileio.read_state_dict(path, 'params'), (ValueError, KeyError)
 
     def load_state(path):
         opt = {'auto_resume': False, 'num_gpu': 0, 'path': {'resume_state': path}}
-        return compat.load_resume_state(opt)
+        return checkpoints.load_resume_state(opt)
 
     return load_state, (RuntimeError, )
 

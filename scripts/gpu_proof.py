@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # the checkout's package where it is not installed (the device machine)
-from lwsr_plugin.compat import atomic_target, write_text_atomic  # noqa: E402
+from lwsr_plugin.fileio import atomic_target, write_text_atomic  # noqa: E402
 # (recipe, scale, 291 preparation flags, Set5 LR folder) per training stage
 TRAIN_STAGES = {
     'idn': ('IDN_x3', 3, ['--y-only', '--min-size', '78']),

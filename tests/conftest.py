@@ -34,7 +34,7 @@ def bf16_upscaler(net, **kwargs):
     that (bf16 is slower than fp32 there); on one, the same fast form runs through the emulated bf16 kernels, so
     its bf16 arithmetic is still checked."""
     import torch
-    from lwsr_plugin.fast.cuda import bf16_native
+    from lwsr_plugin.ops.device import bf16_native
     from lwsr_plugin.inference import Upscaler
     if bf16_native(torch.device('cpu')):
         return Upscaler(net, precision='bf16', **kwargs)

@@ -132,13 +132,13 @@ def test_two_nodes_of_two_processes_equal_one_node_of_four(tmp_path, datasets_di
     ('node[8-10]', ['node8', 'node9', 'node10']),
 ])
 def test_slurm_nodelist_forms(nodelist, hosts):
-    from lwsr_plugin.compat import expand_nodelist
+    from lwsr_plugin.patches.distributed import expand_nodelist
     assert expand_nodelist(nodelist) == hosts
 
 
 @pytest.mark.parametrize('nodelist', ['n[01-02', 'a,,b', 'n[a-c]', ''])
 def test_slurm_nodelist_unreadable(nodelist):
-    from lwsr_plugin.compat import expand_nodelist
+    from lwsr_plugin.patches.distributed import expand_nodelist
     with pytest.raises(ValueError):
         expand_nodelist(nodelist)
 
@@ -155,7 +155,7 @@ def _slurm_env(monkeypatch, **values):
 
 
 def test_slurm_environment_from_srun_variables(monkeypatch):
-    from lwsr_plugin.compat import slurm_environment
+    from lwsr_plugin.patches.distributed import slurm_environment
     _slurm_env(monkeypatch, SLURM_PROCID='5', SLURM_NTASKS='8', SLURM_LOCALID='1', SLURM_NODELIST='gpu[07-10]',
                SLURM_JOB_ID='123456')
     slurm_environment()
@@ -169,7 +169,7 @@ def test_slurm_environment_from_srun_variables(monkeypatch):
 
 
 def test_slurm_environment_asks_scontrol_only_for_other_forms(monkeypatch, tmp_path):
-    from lwsr_plugin.compat import slurm_environment
+    from lwsr_plugin.patches.distributed import slurm_environment
     fake = tmp_path / 'scontrol'
     fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\necho hostA\necho hostB\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -262,8 +262,8 @@ def _agreement_worker(root):
     os.chdir(os.path.join(root, f'rank{rank}'))
     import basicsr.train
 
-    from lwsr_plugin import compat
-    compat.init_dist('pytorch')
+    from lwsr_plugin.patches import distributed
+    distributed.init_dist('pytorch')
     opt = {'name': 'agree', 'auto_resume': True, 'root_path': '.', 'num_gpu': 0, 'path': {},
            'train': {'total_iter': 100}}
     try:
@@ -310,8 +310,8 @@ EXIT_SCRIPT = r'''
 import atexit, os, torch.distributed as dist
 # registered before init_dist, so it runs after the plugin's exit handler (atexit runs handlers last in, first out)
 atexit.register(lambda: print(f"rank {os.environ['RANK']} group alive at exit: {dist.is_initialized()}", flush=True))
-from lwsr_plugin import compat
-compat.init_dist("pytorch")
+from lwsr_plugin.patches import distributed
+distributed.init_dist("pytorch")
 box = [os.environ["RANK"]]
 dist.broadcast_object_list(box, src=0)  # a collective, then the script ends as BasicSR's train.py does
 print(f"rank {os.environ['RANK']} got {box[0]}", flush=True)
@@ -414,7 +414,7 @@ def test_restarts_across_nodes_without_unshared_store_stop_with_the_fix(tmp_path
 
 
 def test_options_fingerprint_ignores_file_location_and_local_rank(tmp_path):
-    from lwsr_plugin.compat import options_fingerprint
+    from lwsr_plugin.patches.distributed import options_fingerprint
     a = write_options(tmp_path / 'a.yml')
     os.makedirs(tmp_path / 'elsewhere')
     b = write_options(tmp_path / 'elsewhere' / 'a.yml')

@@ -15,7 +15,7 @@ from _utils import PY, link_datasets, run
 from basicsr.utils.registry import ARCH_REGISTRY
 from conftest import REPO
 from lwsr_plugin.archs.blocks import count_parameters
-from lwsr_plugin.cli.evaluate import drop_absent_datasets
+from lwsr_plugin.options import drop_absent_datasets
 from lwsr_plugin.cli.report import build, count_macs, plot_results
 from lwsr_plugin.metrics.ifc_metric import calculate_ifc
 from lwsr_plugin.ops.matlab_bicubic import imresize
@@ -137,7 +137,7 @@ def test_absent_dataset_is_skipped(tmp_path, datasets_dir):
 
 
 def test_no_test_set_present_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    from lwsr_plugin.cli.evaluate import present_datasets_only
+    from lwsr_plugin.options import present_datasets_only
     monkeypatch.chdir(tmp_path)  # no datasets/ here
     argv = ['-opt', os.path.join(REPO, 'options', 'test_IMDN_x4.yml')]
     with pytest.raises(SystemExit) as exit_info:

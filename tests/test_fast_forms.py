@@ -19,8 +19,9 @@ from conftest import bf16_upscaler
 from lwsr_plugin.cli import upscale as upscale_cli
 from lwsr_plugin.convert.caffe_idn import convert_idn_caffemodel
 from lwsr_plugin.fast import FORMS, FastDRN, FastForm, FastIDN, FastIMDN, FastIMDN_RTC, FastSLWSR, fast_inference_net
-from lwsr_plugin.fast import cuda as fast_cuda
-from lwsr_plugin.fast.ops import (FastConv, Scratch, ShuffleConv, deconv_as_subpixel, elu_, elu_add_, merge_convs,
+from lwsr_plugin.fast.graphs import GraphForward
+from lwsr_plugin.ops import device as fast_cuda
+from lwsr_plugin.fast.kernels import (FastConv, Scratch, ShuffleConv, deconv_as_subpixel, elu_, elu_add_, merge_convs,
                                   split_conv)
 from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options, tiled_forward
 
@@ -228,7 +229,7 @@ def test_shuffle_conv_and_elu():
 def test_reused_output_shape_and_buffer(monkeypatch):
     """FastConv.reused: where a fresh map would page-fault (threshold lowered to 0 here), the conv's output (shape
     from stride, padding and dilation) in a buffer reused on the next call; not for a map under the threshold."""
-    from lwsr_plugin.fast import ops
+    from lwsr_plugin.fast import kernels as ops
     conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2)
     x = torch.randn(2, 4, 11, 9).contiguous(memory_format=torch.channels_last)
     fc, scratch = FastConv.from_conv(conv), Scratch()
@@ -248,7 +249,7 @@ def test_reused_maps_where_fresh_ones_would_fault(monkeypatch, shared, lr_image,
     """Where fresh maps would page-fault (threshold lowered to 0: at 720p, DRN+'s 288-channel maps, IDN x2's
     64-channel ones), the forms write their step outputs into reused buffers, with the same output; not where freed
     memory is kept."""
-    from lwsr_plugin.fast import ops
+    from lwsr_plugin.fast import kernels as ops
     monkeypatch.setattr(ops, '_MMAP_THRESHOLD', 0)
     intos = []
     real_into = FastConv.into
@@ -269,7 +270,7 @@ def test_reused_maps_where_fresh_ones_would_fault(monkeypatch, shared, lr_image,
 
 def test_keep_freed_memory_in_a_fresh_process():
     """glibc's mallopt applies (Linux), and LWSR_KEEP_MEMORY=0 turns it off; in a subprocess: it is process-wide."""
-    code = 'from lwsr_plugin.fast.ops import keep_freed_memory; print(keep_freed_memory())'
+    code = 'from lwsr_plugin.fast.kernels import keep_freed_memory; print(keep_freed_memory())'
     for flag, expected in (('1', str(sys.platform.startswith('linux'))), ('0', 'False')):
         out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                              env=dict(os.environ, LWSR_KEEP_MEMORY=flag)).stdout.strip()
@@ -284,10 +285,10 @@ def test_graph_forward_decisions(monkeypatch):
         calls.append(t.shape)
         return t * 2
 
-    g = fast_cuda.GraphForward(fn)
+    g = GraphForward(fn)
     x = torch.rand(1, 3, 4, 4)
     assert not g.usable(x) and torch.equal(g(x), x * 2) and not g.graphs  # CPU input: eager
-    monkeypatch.setattr(fast_cuda.GraphForward, 'usable', lambda self, t: self.failed is None)
+    monkeypatch.setattr(GraphForward, 'usable', lambda self, t: self.failed is None)
 
     class Replay:  # what a captured graph does: recompute the static output from the static input
         def __init__(self, static_in, static_out):
@@ -301,8 +302,8 @@ def test_graph_forward_decisions(monkeypatch):
         static_out = fn(static_in)
         return static_in, static_out, Replay(static_in, static_out)
 
-    monkeypatch.setattr(fast_cuda.GraphForward, '_capture', capture)
-    g = fast_cuda.GraphForward(fn, max_graphs=1)
+    monkeypatch.setattr(GraphForward, '_capture', capture)
+    g = GraphForward(fn, max_graphs=1)
     assert torch.equal(g(x), x * 2) and not g.graphs  # a shape seen once runs eagerly: one-off sizes are not captured
     out1 = g(x)  # seen twice: captured
     out2 = g(x + 1)  # replayed with the new input copied in; the result is a copy, not the static buffer
@@ -314,8 +315,8 @@ def test_graph_forward_decisions(monkeypatch):
     def broken(self, t):
         raise RuntimeError('operation not permitted when stream is capturing')
 
-    monkeypatch.setattr(fast_cuda.GraphForward, '_capture', broken)
-    g = fast_cuda.GraphForward(fn)
+    monkeypatch.setattr(GraphForward, '_capture', broken)
+    g = GraphForward(fn)
     assert torch.equal(g(x), x * 2) and torch.equal(g(x), x * 2) and g.failed is not None and not g.usable(x)
 
 

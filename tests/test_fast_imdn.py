@@ -10,7 +10,7 @@ import torch
 from basicsr.metrics import calculate_psnr
 from conftest import bf16_upscaler
 
-from lwsr_plugin.fast_imdn import FastIMDN, fast_inference_net
+from lwsr_plugin.fast import FastIMDN, fast_inference_net
 from lwsr_plugin.inference import Upscaler, load_model, network_options, tile_stat_layers, tiled_forward
 
 SET5 = ['baby', 'bird', 'butterfly', 'head', 'woman']

@@ -62,7 +62,7 @@ def test_safetensors_round_trip_through_pretrain_and_inference(tmp_path, dataset
                                                               'train.total_iter': 2, 'logger.save_checkpoint_freq': 2}))
     run([PY, '-m', 'lwsr_plugin.train', '-opt', opt], cwd=work)
     ckpt = os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_2.safetensors')
-    from lwsr_plugin.compat import read_state_dict
+    from lwsr_plugin.fileio import read_state_dict
     saved, key = read_state_dict(ckpt, 'params')
     assert key == 'params'
     opt2 = write_options(tmp_path / 'opt2.yml', **dict(FAST, **{
@@ -132,7 +132,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_is_fp32(monkeypatch):
     option and the fix; ``amp: auto`` trains in fp32 there and in bf16 where it is native."""
     import logging
 
-    from lwsr_plugin.models import fast_training
+    from lwsr_plugin.models import training_options as fast_training
     warnings = []
     monkeypatch.setattr(fast_training, '_WARNED', set())
     monkeypatch.setattr(logging.getLogger('basicsr'), 'warning', warnings.append)
@@ -145,7 +145,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_is_fp32(monkeypatch):
 
 
 def test_deterministic_option_sets_the_torch_flags():
-    from lwsr_plugin.models.fast_training import TrainingOptions
+    from lwsr_plugin.models.training_options import TrainingOptions
     saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, \
         torch.backends.cudnn.deterministic
     try:
@@ -212,7 +212,7 @@ def test_huge_learning_rate_stops_with_message_and_finite_checkpoint(tmp_path, d
     ({'model_type': 'LWSRModle'}, "model_type: 'LWSRModle' is not registered"),
 ])
 def test_bad_training_options_checked_before_start(tmp_path, datasets_dir, updates, message):
-    from lwsr_plugin.cli.checks import OptionError, check_options
+    from lwsr_plugin.options.checks import OptionError, check_options
     work = link_datasets(tmp_path, datasets_dir)
     opt = write_options(tmp_path / 'opt.yml', **dict({'model_type': 'LWSRModel'}, **updates))
     with pytest.raises(OptionError, match=re.escape(message)):
@@ -251,7 +251,7 @@ def test_shipped_train_options_use_the_fast_settings():
     import lwsr_plugin  # noqa: F401
     from basicsr.utils.registry import MODEL_REGISTRY
     from conftest import REPO
-    from lwsr_plugin.models.fast_training import bf16_native
+    from lwsr_plugin.models.training_options import bf16_native
     from lwsr_plugin.models.lwsr_model import LWSRModel
     files = sorted(glob.glob(os.path.join(REPO, 'options', 'train_*.yml')))
     assert len(files) >= 15

@@ -180,7 +180,7 @@ MEMORY_SCRIPT = textwrap.dedent('''
     import resource, sys, time
     import numpy as np
     import torch
-    from lwsr_plugin.fast.cuda import bf16_native
+    from lwsr_plugin.ops.device import bf16_native
     from lwsr_plugin.inference import Upscaler, load_model, network_options
     net = load_model(network_options('IMDN', 4), sys.argv[1])
     precision = 'bf16' if bf16_native(torch.device('cpu')) else 'fp32'

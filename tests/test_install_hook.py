@@ -37,7 +37,7 @@ def test_import_lwsr_plugin_is_light(tmp_path):
     assert py(code, tmp_path).stdout.split('\n')[:2] == ['[]', 'True True']
 
 
-@pytest.mark.parametrize('first', ['import lwsr_plugin.inference', 'from lwsr_plugin.fast_imdn import FastIMDN',
+@pytest.mark.parametrize('first', ['import lwsr_plugin.inference', 'from lwsr_plugin.fast import FastIMDN',
                                    'from lwsr_plugin.data.gray_paired_image_dataset import PairedGrayImageDataset'])
 def test_any_plugin_module_imported_first(first, tmp_path):
     """Whatever a user imports first, the plugin registers whole before that module runs: no half-initialised
@@ -65,7 +65,7 @@ def test_hook_idempotent_and_double_import(tmp_path):
     code = ('import _lwsr_plugin_startup as h, importlib, sys; h.install(); h.install(); '
             'n = sum(type(f).__name__ == "LwsrPluginFinder" for f in sys.meta_path); '
             'import lwsr_plugin, lwsr_plugin.archs.imdn_arch; import lwsr_plugin; '
-            'from lwsr_plugin.compat import apply; apply(); apply(); print(n)')
+            'from lwsr_plugin.patches import apply; apply(); apply(); print(n)')
     assert py(code, tmp_path).stdout.strip() == '1'
 
 

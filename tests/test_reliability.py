@@ -218,7 +218,7 @@ TRAIN_CASES = {
 
 
 def _save_st(path, truncate=False):
-    from lwsr_plugin.compat import save_safetensors
+    from lwsr_plugin.fileio import save_safetensors
     save_safetensors({f'params.{k}': v.contiguous() for k, v in tiny_state_dict().items()}, str(path))
     if truncate:
         _truncate(path, 0.6)
@@ -558,13 +558,13 @@ def _failing_save(real_save, calls_before_failure):
 
 
 def test_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
-    from lwsr_plugin import compat
+    from lwsr_plugin import fileio
     target = tmp_path / 'net_g_latest.pth'
-    compat.atomic_save({'params': tiny_state_dict()}, target)
+    fileio.atomic_save({'params': tiny_state_dict()}, target)
     good = target.read_bytes()
     monkeypatch.setattr(torch, 'save', _failing_save(torch.save, 0))
-    with pytest.raises(compat.CheckpointWriteError) as exc:
-        compat.atomic_save({'params': tiny_state_dict(num_feat=16)}, target)
+    with pytest.raises(fileio.CheckpointWriteError) as exc:
+        fileio.atomic_save({'params': tiny_state_dict(num_feat=16)}, target)
     assert str(exc.value).startswith(f'lwsr_plugin: cannot write {target} (RuntimeError: ')
     assert 'The previous complete file is kept' in str(exc.value) and '\n' not in str(exc.value)
     assert target.read_bytes() == good and os.listdir(tmp_path) == ['net_g_latest.pth']
@@ -572,10 +572,10 @@ def test_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
 def test_safetensors_short_write_is_caught(tmp_path, monkeypatch):
     import safetensors.torch
-    from lwsr_plugin import compat
+    from lwsr_plugin import fileio
     target = tmp_path / 'net_g_5.safetensors'
     tensors = {f'params.{k}': v.contiguous() for k, v in tiny_state_dict().items()}
-    compat.save_safetensors(tensors, target)
+    fileio.save_safetensors(tensors, target)
     good = target.read_bytes()
     real = safetensors.torch.save_file
 
@@ -584,20 +584,20 @@ def test_safetensors_short_write_is_caught(tmp_path, monkeypatch):
         _truncate(filename, 0.8)
 
     monkeypatch.setattr(safetensors.torch, 'save_file', short)
-    with pytest.raises(compat.CheckpointWriteError, match='shorter than its header says'):
-        compat.save_safetensors(tensors, target)
+    with pytest.raises(fileio.CheckpointWriteError, match='shorter than its header says'):
+        fileio.save_safetensors(tensors, target)
     assert target.read_bytes() == good and os.listdir(tmp_path) == ['net_g_5.safetensors']
 
 
 def test_leftovers_of_killed_saves_are_removed(tmp_path):
-    from lwsr_plugin import compat
+    from lwsr_plugin import fileio
     dead = subprocess.run([PY, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     stale = [tmp_path / f'net_g_5.pth.tmp-{dead_pid}', tmp_path / f'model.onnx.tmp-{dead_pid}.onnx']
     alive = tmp_path / f'net_g_10.pth.tmp-{os.getppid()}'  # a save still running in another process
     for path in stale + [alive]:
         path.write_bytes(b'partial')
-    compat.atomic_save({'params': tiny_state_dict()}, tmp_path / 'net_g_15.pth')
+    fileio.atomic_save({'params': tiny_state_dict()}, tmp_path / 'net_g_15.pth')
     assert sorted(os.listdir(tmp_path)) == sorted([alive.name, 'net_g_15.pth'])
 
 
@@ -624,7 +624,7 @@ def test_training_runs_full_disk_nan_loss_corrupt_skip_and_archive(work):
     """Four real training runs, two at a time: (a) a full disk at the second checkpoint stops the run with one line
     and keeps the first checkpoint and state; (b) learning rate 1e10 stops with a message, non-zero status and no
     non-finite checkpoint (LWSRModel's guard), and BasicSR's own SRModel stops at the first save whose weights are
-    not finite (compat's guard) instead of writing NaN checkpoints and exiting 0; (c) with ``on_corrupt: skip`` a
+    not finite (the plugin's guard) instead of writing NaN checkpoints and exiting 0; (c) with ``on_corrupt: skip`` a
     corrupt image is named and left out, and the existing experiments/<name> is archived by BasicSR's rule, not
     lost."""
     # (a) torch.save fails from the third call on: iteration 1 wrote net_g_1.pth and 1.state
@@ -665,7 +665,7 @@ def test_training_runs_full_disk_nan_loss_corrupt_skip_and_archive(work):
     assert torch.load(exp / 'training_states' / '1.state', weights_only=True)['iter'] == 1
     assert nan_p.returncode != 0 and 'Traceback' not in nan_p.stdout + nan_p.stderr, nan_p.stderr[-3000:]
     assert 'non-finite steps in a row' in nan_p.stdout + nan_p.stderr
-    from lwsr_plugin.compat import read_state_dict
+    from lwsr_plugin.fileio import read_state_dict
     for ckpt in glob.glob(str(work / 'experiments' / 'nan_lr' / 'models' / '*.pth')):
         read_state_dict(ckpt)  # raises on NaN/Inf weights
     assert nan_sr_p.returncode != 0 and 'Traceback' not in nan_sr_p.stdout + nan_sr_p.stderr

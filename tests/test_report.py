@@ -11,7 +11,7 @@ import pytest
 from _utils import PY
 from conftest import REPO
 from lwsr_plugin.cli import report
-from lwsr_plugin.fast.cuda import cpu_name
+from lwsr_plugin.ops.device import cpu_name
 
 SUBSET = ['--models', 'IMDN_RTC,sLWSR16', '--scales', '2', '--output-size', '32x32', '--warmup', '1', '--repeats', '3',
           '--threads', '1']

@@ -1,4 +1,4 @@
-"""Exact resume (lwsr_plugin/training_state.py): real lwsr-train / torchrun runs killed with SIGKILL (before an
+"""Exact resume (lwsr_plugin/patches/resume.py): real lwsr-train / torchrun runs killed with SIGKILL (before an
 iteration, or while a checkpoint file is being written), restarted with --auto_resume, and compared tensor by tensor
 and loss by loss with the uninterrupted run. scripts/check_resume.py runs the same cases 20 times each."""
 import os
@@ -67,7 +67,7 @@ def test_keyed_sample_seeds_and_generator_isolation():
 
     import numpy as np
 
-    from lwsr_plugin.training_state import KeyedSamples, generator_state, sample_seed, set_generator_state
+    from lwsr_plugin.patches.resume import KeyedSamples, generator_state, sample_seed, set_generator_state
 
     class Draws(torch.utils.data.Dataset):
 

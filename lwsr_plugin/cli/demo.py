@@ -261,7 +261,7 @@ def pick_threads(opt, requested=None):
     if torch.cuda.is_available() or cores == 1:
         return torch.get_num_threads(), {}
     from basicsr.utils.registry import ARCH_REGISTRY
-    from lwsr_plugin.models.fast_training import TrainingOptions
+    from lwsr_plugin.models.training_options import TrainingOptions
     fast = TrainingOptions(opt, torch.device('cpu'))  # the same precision and memory format as the training steps
     net_opt = dict(opt['network_g'])
     net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)  # not build_network: it would set up BasicSR's logger

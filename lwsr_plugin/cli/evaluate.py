@@ -16,56 +16,7 @@ import tempfile
 
 import yaml
 
-from lwsr_plugin.cli.checks import _dataset_paths
-
-
-def drop_absent_datasets(opt, root=None, log=print):
-    """Remove from ``opt['datasets']`` (in place) every test set whose data folders do not exist under ``root``.
-
-    Returns the names of the removed sets; each is reported through ``log`` as skipped.
-    """
-    root = root or os.getcwd()
-    datasets = opt.get('datasets') or {}
-    absent = {}
-    for key, path in _dataset_paths(opt, root):
-        phase = key.split('.')[1]
-        if not phase.startswith('train') and not os.path.exists(path):
-            absent.setdefault(phase, path)
-    skipped = []
-    for phase, path in absent.items():
-        name = datasets[phase].get('name', phase)
-        log(f'skipped {name}: {path} does not exist')
-        skipped.append(name)
-        del datasets[phase]
-    return skipped
-
-
-@contextlib.contextmanager
-def present_datasets_only(argv):
-    """While active, ``-opt X`` in ``argv`` (a list, changed in place) points to a temporary copy of X without its
-    absent test sets; each is reported as skipped. A training option file (with a ``train`` set) is left alone:
-    there a missing folder is an error, which ``checks`` reports."""
-    if '-opt' not in argv or argv.index('-opt') + 1 >= len(argv) or not os.path.isfile(argv[argv.index('-opt') + 1]):
-        yield
-        return
-    i = argv.index('-opt') + 1
-    original = argv[i]
-    with open(original, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
-    if not isinstance(opt, dict) or 'train' in (opt.get('datasets') or {}) or not drop_absent_datasets(opt):
-        yield
-        return
-    if not opt.get('datasets'):
-        _usage_error(f'lwsr-test: none of the test sets of {original} is present under {os.getcwd()}. Run from the '
-                     'folder that holds datasets/, or make the sets with lwsr-prepare-benchmark.')
-    with tempfile.TemporaryDirectory() as tmp:
-        argv[i] = os.path.join(tmp, os.path.basename(original))
-        with open(argv[i], 'w', encoding='utf-8') as f:
-            yaml.safe_dump(opt, f, sort_keys=False)
-        try:
-            yield
-        finally:
-            argv[i] = original
+from lwsr_plugin.options import drop_absent_datasets, present_datasets_only  # noqa: F401
 
 
 # The published numbers that `--paper-tables` compares against, as printed (PSNR 2, SSIM 4, IFC 3 decimals).
@@ -334,7 +285,7 @@ def paper_tables(argv):
     text = paper_tables_markdown(results, sets, scales, command, time.time() - start)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    from lwsr_plugin.compat import write_text_atomic
+    from lwsr_plugin.fileio import write_text_atomic
     write_text_atomic(out, text)
     print(f'lwsr-evaluate: wrote {args.out}')
     return 0

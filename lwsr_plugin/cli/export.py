@@ -23,7 +23,7 @@ def export_onnx(net, path, in_ch, opset=17, sample_hw=(32, 32)):
     import torch
     sample = torch.rand(1, in_ch, *sample_hw)
     axes = {0: 'batch', 2: 'height', 3: 'width'}
-    from lwsr_plugin.compat import atomic_target
+    from lwsr_plugin.fileio import atomic_target
     with atomic_target(path, suffix='.onnx', fsync=False) as tmp:  # _check_complete fsyncs before it parses
         torch.onnx.export(net, (sample, ), tmp, input_names=['input'], output_names=['output'], opset_version=opset,
                           dynamic_axes={'input': axes, 'output': axes}, dynamo=False)

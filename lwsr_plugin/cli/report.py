@@ -325,7 +325,7 @@ def plot_results(results_csv, out_png, title='PSNR vs. parameters'):
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     try:
-        from lwsr_plugin.compat import atomic_target
+        from lwsr_plugin.fileio import atomic_target
         with atomic_target(out_png, suffix='.png') as tmp:
             fig.savefig(tmp, format='png')
     finally:
@@ -412,8 +412,8 @@ def main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from lwsr_plugin.fast.cuda import cpu_name
-    from lwsr_plugin.fast.ops import keep_freed_memory
+    from lwsr_plugin.ops.device import cpu_name
+    from lwsr_plugin.fast.kernels import keep_freed_memory
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and not args.no_gpu
     # as lwsr-upscale on CPU: large activations reuse the process's memory; without it every map over 32 MB
@@ -428,7 +428,7 @@ def main(argv=None):
 
     def save(footer):
         # Markdown first: whoever sees a row in the CSV (a test polling it, a user) finds it in the Markdown too
-        from lwsr_plugin.compat import write_text_atomic
+        from lwsr_plugin.fileio import write_text_atomic
         write_text_atomic(md_path, markdown(rows, settings, footer))
         write_text_atomic(csv_path, csv_text(rows))
 

@@ -78,7 +78,7 @@ def write_image(path, img):
     extension, renamed when complete (no half-written output under the final name)."""
     import cv2
 
-    from lwsr_plugin.compat import atomic_target
+    from lwsr_plugin.fileio import atomic_target
     with atomic_target(path, suffix=os.path.splitext(path)[1] or '.png') as tmp:
         if not cv2.imwrite(tmp, img):
             raise OSError(f'cannot write {path}')
@@ -205,7 +205,7 @@ def main(argv=None):
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device.startswith('cpu'):
-        from lwsr_plugin.fast.ops import keep_freed_memory
+        from lwsr_plugin.fast.kernels import keep_freed_memory
         keep_freed_memory()  # large activations reuse this process's memory instead of page-faulting anew
     try:
         net_opt = network_options(args.arch, args.scale, _parse_kwargs(args.arch_kwarg), args.opt)

@@ -215,7 +215,7 @@ def _check_against_arch(path, state, kwargs):
 
 def save_basicsr_pth(state, out_path):
     """Write ``{'params': state}``, what BasicSR's ``load_network`` (``param_key_g: params``) reads."""
-    from lwsr_plugin.compat import atomic_save
+    from lwsr_plugin.fileio import atomic_save
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     atomic_save({'params': state}, out_path)  # never a half-written .pth under the final name
     return out_path
@@ -258,7 +258,7 @@ def main(argv=None):
         print(f'error: cannot write {args.output} ({err.strerror or err}). Choose a writable output path.',
               file=sys.stderr)
         return 2
-    except SystemExit as err:  # compat.CheckpointWriteError: disk full while writing
+    except SystemExit as err:  # fileio.CheckpointWriteError: disk full while writing
         print(f'error: {err}', file=sys.stderr)
         return 1
     print(f'wrote {args.output}: {sum(v.numel() for v in state.values()):,} parameters, network_g: '

@@ -7,7 +7,7 @@ shared mechanisms are in :mod:`lwsr_plugin.fast.ops`; each form's docstring says
 from .drn import FastDRN
 from .idn import FastIDN
 from .imdn import FastIMDN, FastIMDN_RTC
-from .ops import FastConv, FastForm
+from .kernels import FastConv, FastForm
 from .slwsr import FastSLWSR
 
 FORMS = (FastIMDN, FastIMDN_RTC, FastIDN, FastDRN, FastSLWSR)

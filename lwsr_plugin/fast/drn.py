@@ -6,12 +6,12 @@ eqs. 1-15, pixel-shuffle reconstruction), the module's arithmetic rearranged:
   (a dense input; the slice ``[:D_i]`` of a channels_last map would be a strided view that oneDNN copies), and its
   last 1x1 conv likewise writes the whole width, the rows past D_i + d zero (ELU(0) = 0), so the step's output
   ``[x + residual, distilled]`` (eq. 11) is one fused ELU + add over the whole buffer (the distilled part lands on
-  zeros; :func:`~lwsr_plugin.fast.ops.elu_add_`): an add into a channel slice is a strided pass, ~8x slower in
+  zeros; :func:`~lwsr_plugin.fast.kernels.elu_add_`): an add into a channel slice is a strided pass, ~8x slower in
   bf16. No ``torch.split`` / ``torch.cat`` per step. A step's conv outputs that would page-fault as fresh maps
   (DRN+'s 288-channel ones at 720p: over 32 MB, where freed memory is not kept) are written into reused buffers
-  (:meth:`~lwsr_plugin.fast.ops.FastConv.reused`).
+  (:meth:`~lwsr_plugin.fast.kernels.FastConv.reused`).
 * ELU (alpha 0.2) in place with the vectorised ``exp`` on a reused temporary, its argument clamped at -20
-  (:func:`~lwsr_plugin.fast.ops.elu_`): exp of large negative values takes a 10-20x slower path, and
+  (:func:`~lwsr_plugin.fast.kernels.elu_`): exp of large negative values takes a 10-20x slower path, and
   exp(x) - 1 is -1 below -17 in fp32 anyway.
 * The output mean shift and the division by ``img_range`` are folded into the last conv (both are affine maps after
   it, so no border effect). The upsampler's maps (236 MB at 720p) are reused buffers: fresh ones page-fault.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwsr_plugin.archs.drn_arch import DRN
-from .ops import FastConv, FastForm, ShuffleConv, elu_, elu_add_, fold_output_affine, has_compiled
+from .kernels import FastConv, FastForm, ShuffleConv, elu_, elu_add_, fold_output_affine, has_compiled
 
 
 class _FastRDB(nn.Module):

@@ -2,18 +2,18 @@
 and compression unit eq. 12, RBlock + bicubic skip eq. 3), the module's arithmetic rearranged:
 
 * The RBlock's 17x17 stride-s transposed conv runs as a dense conv to ``s*s`` phases + pixel shuffle
-  (:func:`~lwsr_plugin.fast.ops.deconv_as_subpixel`): the same products, 7-8x less time at x4 on CPU.
+  (:func:`~lwsr_plugin.fast.kernels.deconv_as_subpixel`): the same products, 7-8x less time at x4 on CPU.
 * The last conv of the upper chain is two convs, the kept ``D3/s`` channels and the rest (eq. 9): no strided slice
   for oneDNN to copy. Eq. 11's ``P2 + C(S(P1, 1/s), B)`` adds the block input and the kept slice into P2's channel
   ranges in place instead of concatenating first.
 * Every conv carries its LeakyReLU as a fused post-op, with the weight packed once. Maps that would page-fault as
   fresh tensors (64 channels at x2 and 720p: 59 MB, where freed memory is not kept) are written into reused
-  buffers (:meth:`~lwsr_plugin.fast.ops.FastConv.reused`), the block outputs into two alternating ones.
+  buffers (:meth:`~lwsr_plugin.fast.kernels.FastConv.reused`), the block outputs into two alternating ones.
 """
 from torch import nn
 
 from lwsr_plugin.archs.idn_arch import IDN
-from .ops import FastConv, FastForm, ShuffleConv, deconv_as_subpixel, split_conv
+from .kernels import FastConv, FastForm, ShuffleConv, deconv_as_subpixel, split_conv
 
 
 class _FastDBlock(nn.Module):

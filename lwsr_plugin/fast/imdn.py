@@ -5,7 +5,7 @@ What changes, each for a measured reason (``scripts/benchmark_inference.py``):
 
 * Each distillation conv (c1-c3) runs as two convs, the "refined" and the "coarse" output channels: slicing the
   coarse channels out of a channels_last map is a strided view, which oneDNN first copies to a dense tensor; two
-  dense outputs cost less than that copy. LeakyReLU is their fused post-op (:class:`~lwsr_plugin.fast.ops.FastConv`).
+  dense outputs cost less than that copy. LeakyReLU is their fused post-op (:class:`~lwsr_plugin.fast.kernels.FastConv`).
 * The four refined parts are written into one reused buffer instead of a fresh ``torch.cat`` result, and the block
   outputs (bf16) into one reused ``num_block * C``-channel buffer: large fresh tensors page-fault on first touch. Each
   block's c5 accumulates onto a copy of its input in one of two alternating reused buffers (IMDN x4 at 720p:
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lwsr_plugin.archs.imdn_arch import IMDN, IMDN_AS, IMDN_RTC, adaptive_crop_forward
-from .ops import FastConv, FastForm, ShuffleConv, split_conv
+from .kernels import FastConv, FastForm, ShuffleConv, split_conv
 
 
 def _statistics(cca, x, spare):

@@ -7,7 +7,7 @@ rearranged:
 * The information pool and each decoder input are assembled in reused buffers instead of fresh ``torch.cat``
   results; the equal-weight mix ``0.5 * skip + 0.5 * pool`` is written straight into its half of the buffer.
 * The output mean shift and the division by ``img_range`` are folded into the last conv, which runs on the last
-  pixel shuffle's phases (:class:`~lwsr_plugin.fast.ops.ShuffleConv` ``then``): the full-resolution C-channel map
+  pixel shuffle's phases (:class:`~lwsr_plugin.fast.kernels.ShuffleConv` ``then``): the full-resolution C-channel map
   is never written. The upsamplers' large maps are reused buffers (fresh ones page-fault).
 """
 import torch
@@ -17,7 +17,7 @@ from basicsr.archs.arch_util import Upsample
 
 from lwsr_plugin.archs.blocks import InvertedResidual, ResBlock
 from lwsr_plugin.archs.slwsr_arch import SLWSR, _Reduce
-from .ops import FastConv, FastForm, ShuffleConv, fold_output_affine
+from .kernels import FastConv, FastForm, ShuffleConv, fold_output_affine
 
 
 def _block_convs(block, res_scale=1.):

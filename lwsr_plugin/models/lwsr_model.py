@@ -2,7 +2,7 @@
 plugin model.
 
 Training options (under ``train``: ``amp``, ``channels_last``, ``compile``, ``grad_clip``, ``tf32``,
-``max_nonfinite_steps``; under ``val``: ``amp``) are described in :mod:`lwsr_plugin.models.fast_training`; without
+``max_nonfinite_steps``; under ``val``: ``amp``) are described in :mod:`lwsr_plugin.models.training_options`; without
 them the model trains exactly as SRModel. ``logger.save_format: safetensors`` writes network weights as
 ``net_g_<iter>.safetensors`` (keys ``params.<name>`` / ``params_ema.<name>``, BasicSR's split) instead of ``.pth``.
 
@@ -27,9 +27,10 @@ import torch
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
-from lwsr_plugin import compat
-from lwsr_plugin.inference import self_ensemble, tile_stat_layers, tiled_forward
-from lwsr_plugin.models.fast_training import TrainingOptionError, TrainingOptions
+from lwsr_plugin.fast.tiling import self_ensemble, tile_stat_layers, tiled_forward
+from lwsr_plugin.fileio import all_finite, require_safetensors, save_safetensors
+from lwsr_plugin.models.training_options import TrainingOptionError, TrainingOptions, accumulate_steps
+from lwsr_plugin.patches.checkpoints import extra_training_state
 
 SAVE_FORMATS = ('pth', 'safetensors')
 
@@ -59,7 +60,7 @@ class LWSRModel(SRModel):
             raise TrainingOptionError(f'logger.save_format: {save_format!r} is not a checkpoint format. Use '
                                       'safetensors or pth.')
         if save_format == 'safetensors':
-            compat.require_safetensors('logger.save_format: safetensors')
+            require_safetensors('logger.save_format: safetensors')
         return options, save_format
 
     # ------------------------------------------------------------------------------------------------ training
@@ -165,7 +166,7 @@ class LWSRModel(SRModel):
     # -------------------------------------------------------------------------------------------- checkpoints
     def save(self, epoch, current_iter):
         nets = [self.net_g] + ([self.net_g_ema] if hasattr(self, 'net_g_ema') else [])
-        if not all(compat.all_finite(self.get_bare_model(n)) for n in nets):
+        if not all(all_finite(self.get_bare_model(n)) for n in nets):
             get_root_logger().error(f'Not saving iter {current_iter}: the network has non-finite weights; the last '
                                     'checkpoint on disk stays the newest.')
             return
@@ -183,7 +184,7 @@ class LWSRModel(SRModel):
                 tensors[f'{key}.{name}'] = value.detach().cpu().contiguous()
         label = 'latest' if current_iter == -1 else current_iter
         path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.safetensors')
-        compat.save_safetensors(tensors, path, metadata={'network_g': self.opt['network_g']['type'],
+        save_safetensors(tensors, path, metadata={'network_g': self.opt['network_g']['type'],
                                                           'param_keys': ','.join(keys)})
 
     def save_training_state(self, epoch, current_iter):
@@ -191,7 +192,7 @@ class LWSRModel(SRModel):
         cutter = getattr(self, '_device_cutter', None)
         if cutter is not None:  # on_device batches draw their crops from their own generator
             state['device_batches'] = cutter.generator.get_state()
-        with compat.extra_training_state(lwsr=state):
+        with extra_training_state(lwsr=state):
             super().save_training_state(epoch, current_iter)
 
     def resume_training(self, resume_state):
@@ -231,3 +232,28 @@ class LWSRModel(SRModel):
             self.output = self._inference(fast).float()
         if was_training:
             net.train()
+
+
+def apply_accumulate(opt):
+    """``train.accumulate: k``: the training loader delivers ``k`` micro-batches per iteration (the model splits
+    them). Refused, with the fix, for a model that does not accumulate (BasicSR's own would just train on a larger
+    batch)."""
+    train_opt = opt.get('train') or {}
+    if 'accumulate' not in train_opt:
+        return
+    try:
+        k = accumulate_steps(train_opt)
+    except TrainingOptionError as err:
+        raise SystemExit(f'lwsr_plugin: {err}') from None
+    if k == 1:
+        return
+    model_type = opt.get('model_type', 'SRModel')
+    model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
+    if model is None or not issubclass(model, LWSRModel):
+        raise SystemExit(f'lwsr_plugin: train.accumulate needs a plugin model (model_type: LWSRModel, '
+                         f'TwoStageSRModel or a subclass); {model_type} does not accumulate. Change model_type or '
+                         'remove train.accumulate.')
+    train_set = (opt.get('datasets') or {}).get('train') or {}
+    if 'batch_size_per_gpu' in train_set and 'micro_batch' not in train_set:
+        train_set['micro_batch'] = train_set['batch_size_per_gpu']
+        train_set['batch_size_per_gpu'] = train_set['batch_size_per_gpu'] * k

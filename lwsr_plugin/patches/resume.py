@@ -36,6 +36,7 @@ import torch.distributed as dist
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
+from lwsr_plugin.patches.checkpoints import extra_training_state
 
 STATE_KEY = 'lwsr_resume'
 _M64 = (1 << 64) - 1
@@ -222,9 +223,8 @@ def _wrap_save_training_state(original):
     def save_training_state(self, epoch, current_iter):
         if current_iter == -1:  # BasicSR writes no state for the final "latest" save
             return original(self, epoch, current_iter)
-        from lwsr_plugin import compat
         entry = resume_entry(epoch, current_iter)
-        with compat.extra_training_state(**{STATE_KEY: entry}):
+        with extra_training_state(**{STATE_KEY: entry}):
             return original(self, epoch, current_iter)
 
     save_training_state.__wrapped__ = original
@@ -312,36 +312,6 @@ def _wrap_load_resume_state(original):
 
     load_resume_state.__wrapped__ = original
     return load_resume_state
-
-
-# ------------------------------------------------------------------------------------------------ accumulate
-def apply_accumulate(opt):
-    """``train.accumulate: k``: the training loader delivers ``k`` micro-batches per iteration (the model splits
-    them). Refused, with the fix, for a model that does not accumulate (BasicSR's own would just train on a larger
-    batch)."""
-    train_opt = opt.get('train') or {}
-    if 'accumulate' not in train_opt:
-        return
-    from lwsr_plugin.models.fast_training import TrainingOptionError, accumulate_steps
-    try:
-        k = accumulate_steps(train_opt)
-    except TrainingOptionError as err:
-        raise SystemExit(f'lwsr_plugin: {err}') from None
-    if k == 1:
-        return
-    from basicsr.utils.registry import MODEL_REGISTRY
-
-    from lwsr_plugin.models.lwsr_model import LWSRModel
-    model_type = opt.get('model_type', 'SRModel')
-    model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
-    if model is None or not issubclass(model, LWSRModel):
-        raise SystemExit(f'lwsr_plugin: train.accumulate needs a plugin model (model_type: LWSRModel, '
-                         f'TwoStageSRModel or a subclass); {model_type} does not accumulate. Change model_type or '
-                         'remove train.accumulate.')
-    train_set = (opt.get('datasets') or {}).get('train') or {}
-    if 'batch_size_per_gpu' in train_set and 'micro_batch' not in train_set:
-        train_set['micro_batch'] = train_set['batch_size_per_gpu']
-        train_set['batch_size_per_gpu'] = train_set['batch_size_per_gpu'] * k
 
 
 # ---------------------------------------------------------------------------------------------------- install

@@ -36,7 +36,7 @@ import torch
 
 from basicsr.utils import get_root_logger
 
-from lwsr_plugin.fast.cuda import bf16_native
+from lwsr_plugin.ops.device import bf16_native
 
 AMP_VALUES = ('bf16', 'fp16', 'auto', False)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')

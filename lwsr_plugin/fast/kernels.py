@@ -334,7 +334,7 @@ def _compiled(name):
     if name not in _COMPILED:
         kernel = None
         if os.environ.get('LWSR_FAST_COMPILE', '1') != '0':
-            from .cuda import compile_problem
+            from lwsr_plugin.ops.device import compile_problem
             if compile_problem(torch.device('cpu')) is None:
                 kernel = torch.compile(_KERNELS[name], dynamic=True, fullgraph=True)
                 # its C++ build logs 'No CUDA runtime is found' on CPU-only machines: not a problem for a CPU kernel

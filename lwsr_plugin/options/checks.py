@@ -8,11 +8,10 @@ scale = GT (image headers, or ``meta_info.txt`` of an LMDB), ``gt_size`` against
 set can fill, PNG/JPEG files cut short, LMDB files cut short (SIGBUS otherwise) and ``meta_info.txt`` keys that are
 not stored.
 """
-import argparse
 import os
 import sys
 
-from lwsr_plugin.options import OptionError, load_yaml
+from lwsr_plugin.options import OptionError, dataset_paths, load_yaml, opt_path
 
 # datasets that read dataroot_gt/dataroot_lq with BasicSR's pairing rules (filename_tmpl, meta_info, LMDB keys)
 PAIRED_TYPES = ('PairedImageDataset', 'PairedGrayImageDataset', 'UpsampledPairedImageDataset',
@@ -21,31 +20,19 @@ BASICSR_SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingResta
 IO_BACKENDS = ('disk', 'lmdb', 'memcached')
 
 
-def _dataset_paths(opt, root):
-    for phase, ds in (opt.get('datasets') or {}).items():
-        if not isinstance(ds, dict):
-            continue
-        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
-            value = ds.get(key)
-            if value is None:
-                continue
-            values = value if isinstance(value, (list, tuple)) else [value]
-            for v in values:
-                yield f'datasets.{phase}.{key}', os.path.join(root, os.path.expanduser(str(v)))
-
-
 def check_options(opt_path, root=None, opt=None, kind=None):
     """Validate the parts of an option file that BasicSR only discovers late (``opt``: the file already loaded;
     ``kind``: 'train' or 'test', by default 'train' when the file has ``datasets.train``). Returns the loaded dict."""
     import torch
 
-    from lwsr_plugin.compat import load_state_dict_checked, read_state_dict, resolve_network
+    from lwsr_plugin.fileio import load_state_dict_checked, read_state_dict
+    from lwsr_plugin.registration import resolve_network
     root = root or os.getcwd()
     opt = load_yaml(opt_path) if opt is None else opt
     if kind is None:
         kind = 'train' if 'train' in (opt.get('datasets') or {}) else 'test'
     _check_structure(opt, kind)
-    for key, path in _dataset_paths(opt, root):
+    for key, path in dataset_paths(opt, root):
         is_lmdb = path.rstrip('/').endswith('.lmdb')
         if not os.path.exists(path):
             hint = ' Build the LMDB with scripts/data_preparation (see docs/data_preparation.md).' if is_lmdb else ''
@@ -207,7 +194,7 @@ def _check_model_options(opt):
     """The plugin models' own options (train.amp, train.compile, logger.save_format, ...)."""
     from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
-    from lwsr_plugin.models.fast_training import TrainingOptionError
+    from lwsr_plugin.models.training_options import TrainingOptionError
     from lwsr_plugin.models.lwsr_model import LWSRModel
     model_type = opt.get('model_type', 'SRModel')
     if model_type not in MODEL_REGISTRY:
@@ -444,13 +431,6 @@ def _check_batch(opt, label, ds, n_pairs):
         raise OptionError(f'{label}.batch_size_per_gpu: {what} is larger than the training set ({n_pairs} '
                           f'pairs x dataset_enlarge_ratio {ratio}), so no batch would ever be drawn. Lower '
                           'batch_size_per_gpu or raise dataset_enlarge_ratio.')
-
-
-def opt_path(argv):
-    """The ``-opt`` value of a BasicSR command line (None when absent)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', required=False)
-    return parser.parse_known_args(argv)[0].opt
 
 
 USAGE_ERROR = 2  # exit status of a run refused before it started (bad option file or command line)
