@@ -26,12 +26,13 @@ PIPELINES = {'train': 'basicsr.train:train_pipeline', 'test': 'basicsr.test:test
 
 def help_parser(kind, prog=None):
     """The arguments BasicSR's ``parse_options`` takes (it builds its parser inside the function, so it cannot be
-    asked without importing torch), with the plugin's additions explained."""
+    asked without importing torch), with the plugin's additions explained; for 'test', also ``--paper-tables``."""
     what = 'Train' if kind == 'train' else 'Test'
+    alias = ' lwsr-evaluate is the same command as lwsr-test, under its older name.' if kind == 'test' else ''
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f'{what} a model from a BasicSR option file with BasicSR\'s own {kind}_pipeline and lwsr_plugin\'s '
-        'archs, models, losses, datasets and metrics registered.',
+        f'archs, models, losses, datasets and metrics registered.{alias}',
         epilog=f'''outputs:
   experiments/, tb_logger/ and results/ go under the working directory; set `path.root: DIR` in the option file or
   LWSR_ROOT=DIR to put them elsewhere. The chosen folder is the first line of the log.
@@ -54,7 +55,34 @@ several processes (GPUs with nccl, CPU cores with gloo):
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY=VALUE',
                         help='override option-file values, e.g. train:ema_decay=0.999')
+    if kind == 'test':
+        _paper_table_arguments(parser.add_argument_group('the papers\' tables (instead of -opt)', PAPER_TABLES))
     return parser
+
+
+PAPER_TABLES = ('Measure every IDN Table 2/3 and IMDN Table 5 cell through the shipped test option files and write '
+                'paper / measured / delta as markdown (docs/paper_tables.md).')
+
+
+def _paper_table_arguments(group):
+    """The arguments of ``lwsr-test --paper-tables`` (:mod:`lwsr_plugin.metrics.paper_tables`), on ``group``."""
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
+    group.add_argument('--paper-tables', action='store_true', help='measure the tables (with the arguments below)')
+    group.add_argument('--out', default='docs/paper_tables.md', help='markdown file to write (default: %(default)s)')
+    group.add_argument('--root', default='.', help='folder holding datasets/ and experiments/pretrained_models/ '
+                       '(default: the working directory)')
+    group.add_argument('--options', default=shipped if os.path.isdir(shipped) else 'options',
+                       help='folder of the test option files (default: the repository\'s options/)')
+    group.add_argument('--sets', default='Set5,Set14,BSD100,Urban100,Manga109',
+                       help='comma-separated (default: %(default)s)')
+    group.add_argument('--scales', default='2,3,4', help='comma-separated (default: %(default)s)')
+    group.add_argument('--models', default='IDN,Bicubic,IMDN', help='comma-separated (default: %(default)s)')
+    return group
+
+
+def paper_tables_parser(prog='lwsr-test'):
+    """The parser of ``lwsr-test --paper-tables`` (no ``-opt``)."""
+    return _paper_table_arguments(argparse.ArgumentParser(prog=prog, description=PAPER_TABLES))
 
 
 def _is_rank0():
@@ -65,13 +93,19 @@ def run(kind, argv=None, default_root=None, default_source='the working director
     """Run BasicSR's ``kind`` pipeline ('train' or 'test') as described in the module docstring.
 
     ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). A test run leaves out the test sets whose
-    folders are absent (``options.present_datasets_only``). Returns the exit status.
+    folders are absent (``options.present_datasets_only``); ``--paper-tables`` runs :mod:`lwsr_plugin.metrics.paper_tables`
+    instead. Returns the exit status.
     """
     if argv is not None:
         sys.argv[1:] = list(argv)
     args = sys.argv[1:]
     if not args or '-h' in args or '--help' in args:
         help_parser(kind, prog).parse_args(args)  # prints help / a usage error and exits
+    if kind == 'test' and '--paper-tables' in args:
+        prog = prog or 'lwsr-test'
+        tables = paper_tables_parser(prog).parse_args(args)
+        from lwsr_plugin.metrics.paper_tables import measure
+        return measure(tables, f'{prog} ' + ' '.join(args), prog)
     if kind == 'test':
         datasets = present_datasets_only(sys.argv)  # points -opt at a copy without the absent sets
     else:

@@ -2,7 +2,7 @@
 
 * **One temp-and-rename mechanism** for every file and folder the plugin writes (checkpoints, training states,
   safetensors, LMDBs, the in-memory cache, result images, reports, ONNX): :func:`temp_name` gives the sibling
-  ``<path>.tmp-<host>-<pid>[-<tag>][<suffix>]``, :func:`publish` renames a finished one into place (an existing
+  ``<path>.tmp-<pid>[-<tag>]@<host>[<suffix>]``, :func:`publish` renames a finished one into place (an existing
   folder is moved aside first and deleted only after the new one is in place), :func:`atomic_target` wraps both
   around a ``with`` block, and :func:`remove_stale_temps` deletes what killed writers left beside a path.
 * **Checkpoints**: ``.pth`` written atomically (:func:`atomic_save`, :class:`CheckpointWriteError` on a full disk),
@@ -18,9 +18,11 @@ import socket
 
 import torch
 
-# <base>.tmp-<pid>[-<tag>]@<host>[<suffix>] (and .old-: a folder moved aside); <base>.tmp-<pid>[<suffix>] without a
-# host was written by earlier versions of the plugin
-_TEMP_RE = re.compile(r'(?P<base>.+?)\.(?:tmp|old)-(?P<pid>\d+)(?:-[0-9a-f]+)?(?:@(?P<rest>.+)|(?:\.[A-Za-z0-9]+)?)')
+# <base>.tmp-<pid>[-<tag>]@<host>[<suffix>] (and .old-: a folder moved aside). Earlier versions of the plugin wrote
+# <base>.tmp-<pid>[<suffix>] / <base>.old-<pid> without a host, and <base>.tmp-<host>-<pid>-<8 hex> (the in-memory
+# cache): a host name may hold '-', '.' and digits, so there the host is everything before the last two fields.
+_TEMP_RE = re.compile(r'(?P<base>.+?)\.(?:tmp|old)-(?:(?P<pid>\d+)(?:-[0-9a-f]+)?(?:@(?P<rest>.+)|(?:\.[A-Za-z0-9]+)?)'
+                      r'|(?P<host>[^@]+)-(?P<host_pid>\d+)-[0-9a-f]{8})')
 
 
 def pid_alive(pid):
@@ -43,10 +45,14 @@ def temp_name(path, suffix='', tag=''):
 
 def _stale(match, own_host):
     """The writer of a temp/old name is dead: on this host (or of an older, host-less name) and not running."""
-    rest, pid = match.group('rest'), int(match.group('pid'))
-    if rest is not None and rest != own_host and not rest.startswith(own_host + '.'):
-        return False  # another machine's writer: only that machine can tell whether it is alive
-    return pid != os.getpid() and not pid_alive(pid)
+    rest, pid = match.group('rest'), match.group('pid')
+    if pid is None:
+        host, pid = match.group('host'), match.group('host_pid')
+        if host != own_host:
+            return False  # another machine's writer: only that machine can tell whether it is alive
+    elif rest is not None and rest != own_host and not rest.startswith(own_host + '.'):
+        return False
+    return int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 def remove_stale_temps(path, siblings=None):

@@ -1,4 +1,4 @@
-"""Inference for every registered arch (issues 7, 15): model loading, seam-free tiling, x8 self-ensemble, fast paths
+"""Inference for every registered arch: model loading, seam-free tiling, x8 self-ensemble, fast paths
 (the fast inference form of every arch, channels_last, bf16/fp16, ``torch.compile``, CUDA graphs, pinned-memory
 transfers) and image-level handling (RGB, grey, RGBA, 8/16-bit, Y-only models).
 

@@ -163,7 +163,7 @@ def bench(label, size, repeats, device, compile_):
     runs = {BASE: (lambda: official_imdn_forward(plain, xd).clamp(0, 1)) if arch == 'IMDN' else
             (lambda: plain(xd).clamp(0, 1))}
     graphs = dict(cuda_graphs=False)
-    bf16 = bf16_native(torch.device(device))  # elsewhere --bf16 is refused: slower than fp32
+    bf16 = bf16_native(torch.device(device))  # elsewhere bf16 is emulated, slower than fp32: no bf16 column
     paths = {'module, channels_last fp32': Upscaler(copy.deepcopy(net), device, fast=False, **graphs),
              'fast, channels_last fp32': Upscaler(copy.deepcopy(net), device, **graphs)}
     if bf16:
@@ -236,7 +236,7 @@ def markdown(results, device, repeats, keep_memory=False):
              f'{torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}'
              + (f' ({torch.cuda.get_device_name(device)})' if cuda else '') + f'; {repeats} interleaved rounds'
              + ('; glibc keeps freed memory (--keep-memory)' if keep_memory else '')
-             + ('' if bf16_native(torch.device(device)) else '; no native bf16 here (--bf16 refused), no bf16 column')
+             + ('' if bf16_native(torch.device(device)) else '; no native bf16 here (bf16 slower than fp32), no bf16 column')
              + '.', '']
     if cuda:
         lines += ['| arch | baseline | fast fp32 | fast bf16 | fast fp16 | bf16 + graphs fps | fp16 + graphs fps '

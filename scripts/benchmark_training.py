@@ -179,8 +179,8 @@ class PlainPath:
         optim = dict(opt['train']['optim_g'])
         optim.pop('type')
         self.optimizer = torch.optim.Adam(self.net.parameters(), **optim)
-        loss_type = opt['train']['pixel_opt']['type']
-        self.loss = torch.nn.L1Loss() if loss_type == 'L1Loss' else torch.nn.MSELoss()
+        from basicsr.losses import build_loss
+        self.loss = build_loss(copy.deepcopy(opt['train']['pixel_opt']))  # the recipe's own loss, as the models use
         from basicsr.utils import FileClient, imfrombytes
         from basicsr.data.data_util import paired_paths_from_lmdb
         paths = paired_paths_from_lmdb([ds_opt['dataroot_lq'], ds_opt['dataroot_gt']], ['lq', 'gt'])[:64]

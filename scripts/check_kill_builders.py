@@ -12,7 +12,8 @@ Per builder: one full run (its duration T sets the kill window; its output is th
 is there; then one rerun.
 
 After every kill, each output under its final name must be complete (same content checks as the full run) or absent;
-``*.tmp-<pid>`` / ``*.old-<pid>`` leftovers of the killed run are allowed, and must be gone after the rerun.
+the killed run's ``*.tmp-<pid>@<host>`` / ``*.old-<pid>@<host>`` leftovers (:func:`lwsr_plugin.fileio.temp_name`) are
+allowed, and must be gone after the rerun.
 
 Run: ``python scripts/check_kill_builders.py [--trials 20] [--seed 0] [--builders lmdb folder ...]``; prints a table
 and exits 1 on any partial result under a final name or a failed rerun.
@@ -37,7 +38,8 @@ SHARED = os.environ.get('LWSR_SHARED', os.path.join(os.path.dirname(os.path.dirn
 BUILDERS = ('lmdb', 'folder', 'pth', 'sr', 'onnx', 'cache')
 _CACHE_SCRIPT = '''
 import glob, os, sys
-from lwsr_plugin.data.in_memory_paired_image_dataset import SUFFIX, InMemoryPairedImageDataset
+from lwsr_plugin.data.in_memory_cache import SUFFIX
+from lwsr_plugin.data.in_memory_paired_image_dataset import InMemoryPairedImageDataset
 out, gt, lq = sys.argv[1:]
 for old in glob.glob(os.path.join(out, '*' + SUFFIX)):
     os.remove(old)
@@ -131,7 +133,7 @@ def fingerprint(builder, path):
         import hashlib      # records the build time)
         import struct
 
-        from lwsr_plugin.data.in_memory_paired_image_dataset import read_cache_header
+        from lwsr_plugin.data.in_memory_cache import read_cache_header
         header = read_cache_header(path)
         if header is None:
             raise ValueError('no complete cache header')
@@ -181,7 +183,7 @@ def check_builder(builder, trials, seed, work):
     if status != 0:
         raise RuntimeError(f'{builder}: the full run failed ({status}): {err[-2000:]}')
     if finals is None:
-        from lwsr_plugin.data.in_memory_paired_image_dataset import SUFFIX
+        from lwsr_plugin.data.in_memory_cache import SUFFIX
         finals = glob.glob(os.path.join(work, 'out', '*' + SUFFIX))
         assert len(finals) == 1, finals
     reference = {path: fingerprint(builder, path) for path in finals}

@@ -1,6 +1,6 @@
 """Side by side of training curves (``lwsr-reproduce``'s or ``scripts/plain_loop.py``'s ``curve.csv``) of one recipe:
 a Markdown table of PSNR at each evaluation moment of the training time, the difference of every curve to the
-first, and one plot (``lwsr_plugin.reproduce.plot_curves``) with the paper's number and bicubic.
+first, and one plot (``lwsr_plugin.cli.reproduce.plot_curves``) with the paper's number and bicubic.
 
     python scripts/compare_curves.py --recipe IMDN_x4 --set Set5 \\
         --curve "plugin (paper schedule)=results/a/IMDN_x4/curve.csv" \\
@@ -46,7 +46,7 @@ def table(curves, set_name):
 
 
 def main(argv=None):
-    from lwsr_plugin.reproduce import RECIPES, plot_curves
+    from lwsr_plugin.cli.reproduce import RECIPES, plot_curves
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--recipe', required=True, choices=list(RECIPES))
     p.add_argument('--curve', action='append', required=True, metavar='LABEL=CSV',

@@ -95,7 +95,7 @@ def evaluate(net, val_sets, scale, y_only, device):
 def main(argv=None):
     import lwsr_plugin  # noqa: F401  (the archs)
     from basicsr.utils.registry import ARCH_REGISTRY
-    from lwsr_plugin.reproduce import RECIPES, build_options, log_spaced, write_curve
+    from lwsr_plugin.cli.reproduce import RECIPES, build_options, log_spaced, write_curve
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--recipe', required=True, choices=list(RECIPES))
     budget = parser.add_mutually_exclusive_group(required=True)
@@ -132,10 +132,8 @@ def main(argv=None):
     optimizer = torch.optim.Adam(net.parameters(), lr=float(optim_opt['lr']),
                                  betas=tuple(optim_opt.get('betas', (0.9, 0.999))),
                                  weight_decay=float(optim_opt.get('weight_decay', 0)))
-    pixel = opt['train']['pixel_opt']
-    criterion = torch.nn.L1Loss(reduction=pixel.get('reduction', 'mean')) if pixel['type'] == 'L1Loss' else \
-        torch.nn.MSELoss(reduction=pixel.get('reduction', 'mean'))
-    weight = float(pixel.get('loss_weight', 1.0))
+    from basicsr.losses import build_loss
+    criterion = build_loss(dict(opt['train']['pixel_opt']))  # the recipe's own loss type, its weight included
     val_sets = {}
     for ds in (v for k, v in opt['datasets'].items() if k != 'train'):
         names = sorted(os.listdir(ds['dataroot_gt']))
@@ -151,7 +149,7 @@ def main(argv=None):
         last = time.perf_counter()
         for lq, gt in loader:
             lq, gt = lq.to(device), gt.to(device)
-            loss = weight * criterion(net(lq), gt)
+            loss = criterion(net(lq), gt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -30,14 +30,7 @@ def datasets_dir():
 
 
 def bf16_upscaler(net, **kwargs):
-    """``Upscaler(net, precision='bf16')``, as ``lwsr-upscale --bf16`` runs it. A CPU without native bf16 refuses
-    that (bf16 is slower than fp32 there); on one, the same fast form runs through the emulated bf16 kernels, so
-    its bf16 arithmetic is still checked."""
-    import torch
-    from lwsr_plugin.ops.device import bf16_native
+    """``Upscaler(net, precision='bf16')``, as ``lwsr-upscale --bf16`` runs it (on a CPU without native bf16 through
+    the emulated bf16 kernels, after a warning, so its bf16 arithmetic is still checked)."""
     from lwsr_plugin.inference import Upscaler
-    if bf16_native(torch.device('cpu')):
-        return Upscaler(net, precision='bf16', **kwargs)
-    up = Upscaler(net, **kwargs)
-    up.net, up.dtype = up.net.to(torch.bfloat16), torch.bfloat16
-    return up
+    return Upscaler(net, precision='bf16', **kwargs)

@@ -74,3 +74,16 @@ def test_accumulate_needs_a_plugin_model(tmp_path, datasets_dir):
     assert proc.returncode != 0 and 'train.accumulate needs a plugin model' in proc.stdout
     assert 'Traceback' not in proc.stdout
     assert not os.path.isdir(os.path.join(work, 'experiments', check_resume.NAME))
+
+
+@pytest.mark.parametrize('accumulate, batch', [(2, 16), (None, 8), (0, 8), (1.5, 8), ('two', 8), (True, 8)])
+def test_batch_check_reads_accumulate_like_the_model(accumulate, batch):
+    """The batch check counts the loader batch as ``accumulate_steps`` reads it; a bad value (refused with its fix by
+    the model's option check or apply_accumulate) counts as 1 instead of crashing the check."""
+    from lwsr_plugin.options import OptionError
+    from lwsr_plugin.options.checks import _check_batch
+    opt = {'num_gpu': 0, 'train': {'accumulate': accumulate}}
+    ds = {'batch_size_per_gpu': 8, 'dataset_enlarge_ratio': 1}
+    _check_batch(opt, 'datasets.train', ds, batch)  # a set of exactly one batch: at least one iteration
+    with pytest.raises(OptionError, match=f'a batch of {batch}'):
+        _check_batch(opt, 'datasets.train', ds, batch - 1)

@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -376,6 +377,29 @@ def test_interrupt_leaves_no_final_lmdb_and_rerun_finishes(tmp_path, small_src, 
     assert sorted(os.listdir(out)) == ['291_HR.lmdb', '291_LR_bicubic_X2.lmdb']
 
 
+def dead_pid():
+    """The id of a process that has ended."""
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_dead_runs_are_removed_before_a_run(tmp_path):
+    """What dead runs left beside the outputs goes before a run writes: fileio's temporaries and the host-less
+    ``.tmp-<pid>`` / ``.old-<pid>`` folders of earlier versions, beside the output and beside any other ``*.lmdb``.
+    Temporaries of live processes and of other hosts stay, and so does what is not an LMDB's."""
+    dead, live, host = dead_pid(), os.getppid(), socket.gethostname()
+    gone = [f'291_HR.lmdb.tmp-{dead}', f'291_HR.lmdb.old-{dead}', f'291_HR.lmdb.tmp-{dead}@{host}',
+            f'291_HR.lmdb.old-{dead}@{host}', f'other.lmdb.tmp-{dead}@{host}', f'other.lmdb.tmp-{dead}']
+    kept = [f'291_HR.lmdb.tmp-{live}@{host}', f'291_HR.lmdb.tmp-{live}', f'291_HR.lmdb.tmp-{dead}@elsewhere',
+            f'notes.txt.tmp-{dead}', 'other.lmdb']
+    for name in gone + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'data.mdb').write_bytes(b'partial')
+    lmdb_io.check_targets([str(tmp_path / '291_HR.lmdb')], overwrite=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
 def one_error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     return err[-1]
@@ -490,7 +514,7 @@ def test_check_lmdb_reports_problems(tmp_path, small_src, capsys):
 
 # ------------------------------------------------------------------------ up-front size checks, -opt, light start-up
 def tmp_leftovers(folder):
-    """Temporary outputs (``*.tmp-<pid>`` / ``*.old-<pid>``) anywhere under ``folder``."""
+    """Temporary outputs (``*.tmp-<pid>@<host>`` / ``*.old-<pid>@<host>``) anywhere under ``folder``."""
     return [os.path.join(d, n) for d, dirs, files in os.walk(folder) for n in dirs + files
             if '.tmp-' in n or '.old-' in n]
 

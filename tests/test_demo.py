@@ -40,6 +40,40 @@ def test_demo_beats_bicubic_within_its_time(tmp_path):
     assert again.returncode != 0 and 'already holds a demo run' in again.stdout
 
 
+def test_demo_budget_trains_a_while_when_setup_ate_the_time_then_saves(monkeypatch, capsys):
+    """The demo's training budget on BasicSR's loop as the budget sees it (test_reproduce's stand-in model): a
+    deadline already passed still trains MIN_TRAIN_S with a one-line warning, ends at the small learning rate, and
+    saves the latest weights as BasicSR does at its end."""
+    import logging
+
+    from lwsr_plugin.cli import demo
+    from test_reproduce import BudgetModel
+    monkeypatch.setattr(demo, 'MIN_TRAIN_S', 1.0)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger('basicsr')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # as in the demo's run, where the log file takes INFO
+    model = BudgetModel(lr=2e-3)
+    budget = demo.training_budget(time.time() - 5)
+    try:
+        with budget:
+            budget.attach(model)
+            for current_iter in range(1, 10 ** 6):
+                model.update_learning_rate(current_iter)
+                time.sleep(0.01)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert messages[0] == ('The time budget is used up before training starts; training 1 s anyway. Give a larger '
+                           '--minutes.')
+    assert messages[-1].startswith('Time budget used: training stopped after') and model.saved == [(-1, -1)]
+    assert 1.0 <= budget.train_s < 2.0 and model.optimizers[0].param_groups[0]['lr'] < 2e-4
+    assert re.search(r'train: .*it/s, lr .*, L1 0.0500, 0 s left', capsys.readouterr().err)
+
+
 def _demo_main_in_fresh_python(tmp_path, *args):
     """Runs ``main(args)`` in a new interpreter; returns its output, ending with which heavy modules it imported."""
     code = ('import sys\n'

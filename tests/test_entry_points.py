@@ -230,3 +230,6 @@ def test_help_imports_no_torch(command, tmp_path):
             'print("heavy:", sorted(m for m in ("torch", "basicsr", "cv2", "numpy") if m in sys.modules))')
     out = run([PY, '-c', code], cwd=tmp_path).stdout
     assert 'heavy: []' in out and '-opt OPTION_FILE' in out and 'user_modules' in out, out
+    if command != 'lwsr-train':  # lwsr-evaluate is lwsr-test under its older name, --paper-tables included
+        assert all(flag in out for flag in ('--paper-tables', '--sets SETS', '--scales SCALES', '--out OUT')), out
+        assert 'lwsr-evaluate is the same command as lwsr-test' in out, out

@@ -5,6 +5,7 @@ CUDA-side logic that CPU can exercise (graph replay decisions, fixed tile batche
 and the one-line errors of lwsr-upscale."""
 import copy
 import os
+import re
 import subprocess
 import sys
 
@@ -341,11 +342,16 @@ def test_fixed_tile_batch_same_output():
 
 
 def test_runtime_checks(monkeypatch):
+    import logging
+    warned = []
+    monkeypatch.setattr(logging.getLogger('lwsr_plugin'), 'warning', warned.append)
     monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: True)
+    assert fast_cuda.check_runtime('cpu', 'bf16').type == 'cpu' and not warned
+    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: False)  # e.g. an AVX2 CPU: slower, not refused
     assert fast_cuda.check_runtime('cpu', 'bf16').type == 'cpu'
-    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: False)  # e.g. an AVX2 CPU
-    with pytest.raises(fast_cuda.RuntimeProblem, match='--bf16: this CPU has no native bf16 .*; drop --bf16'):
-        fast_cuda.check_runtime('cpu', 'bf16')
+    assert len(warned) == 1 and re.match('--bf16: this CPU has no native bf16 .*; drop --bf16', warned[0]), warned
+    assert fast_cuda.limitation(torch.device('cpu'), 'bf16').slow
+    assert not fast_cuda.limitation(torch.device('cpu'), 'fp16').slow
     with pytest.raises(fast_cuda.RuntimeProblem, match='--half: .*use --bf16 on CPU'):
         fast_cuda.check_runtime('cpu', 'fp16')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
@@ -363,20 +369,33 @@ def test_runtime_checks(monkeypatch):
 
 @pytest.mark.parametrize('extra, message', [
     (['--half'], '--half: float16 inference needs a CUDA device'),
-    (['--bf16', '--device', 'cpu'], '--bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)'),
     (['--device', 'cuda:7'], '--device cuda:7:'),
     (['--tile', '4', '--tile-overlap', '8'], '--tile 4 is smaller than --tile-overlap 8'),
     (['--device', 'mps'], '--device mps: only cpu and cuda devices are supported'),
     (['--device', 'gpu0'], '--device gpu0: not a device name'),
 ])
 def test_upscale_bad_runtime_flags(extra, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: device.type == 'cuda')  # --bf16 case: an AVX2 CPU
     src = tmp_path / 'in'
     src.mkdir()
     cv2.imwrite(str(src / 'a.png'), np.zeros((8, 8, 3), np.uint8))
     code = upscale_cli.main([str(src), '-o', str(tmp_path / 'out'), '--arch', 'IMDN_RTC', '--scale', '2'] + extra)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_upscale_bf16_on_a_cpu_without_native_bf16_warns_and_runs(tmp_path, capsys, monkeypatch):
+    """bf16 there runs, only slower than fp32 (the policy of ``ops.device.limitation``, as for ``train.amp: bf16``):
+    one line names the flag and the fix, and the images are written."""
+    monkeypatch.setattr(fast_cuda, 'bf16_native', lambda device: device.type == 'cuda')  # e.g. an AVX2 CPU
+    src = tmp_path / 'in'
+    src.mkdir()
+    cv2.imwrite(str(src / 'a.png'), np.zeros((8, 8, 3), np.uint8))
+    code = upscale_cli.main([str(src), '-o', str(tmp_path / 'out'), '--arch', 'IMDN_RTC', '--scale', '2', '--bf16',
+                             '--device', 'cpu'])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith('lwsr-upscale:')]
+    assert code == 0 and os.listdir(tmp_path / 'out') == ['a.png'], err
+    assert err == ['lwsr-upscale: --bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs several '
+                   'times slower than fp32 here; drop --bf16 (fp32 is the fast path on this CPU).'], err
 
 
 def test_cpu_name_names_the_model_the_isa_and_amx(monkeypatch):

@@ -133,15 +133,66 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_is_fp32(monkeypatch):
     import logging
 
     from lwsr_plugin.models import training_options as fast_training
+    from lwsr_plugin.ops import device as ops_device
     warnings = []
     monkeypatch.setattr(fast_training, '_WARNED', set())
     monkeypatch.setattr(logging.getLogger('basicsr'), 'warning', warnings.append)
     cpu = torch.device('cpu')
     for native in (False, False, True):  # once per process, not per model built
-        monkeypatch.setattr(fast_training, 'bf16_native', lambda device, native=native: native)
+        monkeypatch.setattr(ops_device, 'bf16_native', lambda device, native=native: native)
         assert fast_training.TrainingOptions({'train': {'amp': 'bf16'}}, cpu).amp == 'bf16'
         assert fast_training.TrainingOptions({'train': {'amp': 'auto'}}, cpu).amp == ('bf16' if native else False)
-    assert len(warnings) == 1 and warnings[0].startswith('train.amp: bf16 on a CPU without native bf16'), warnings
+    assert len(warnings) == 1 and warnings[0].startswith('train.amp: bf16: this CPU has no native bf16'), warnings
+    assert warnings[0].endswith('; `amp: auto` (or false) trains in fp32.'), warnings
+
+
+@pytest.mark.parametrize('device, precision, native, verdict', [
+    ('cpu', 'bf16', True, 'runs'), ('cpu', 'bf16', False, 'warns'), ('cpu', 'fp16', True, 'refused'),
+    ('cuda', 'bf16', True, 'runs'), ('cuda', 'bf16', False, 'refused'), ('cuda', 'fp16', False, 'runs')])
+def test_training_and_inference_give_one_answer(device, precision, native, verdict, monkeypatch):
+    """``train.amp`` and the inference flags (``--bf16`` / ``--half``) take the same decision on every device and
+    precision (``ops.device.limitation``), each naming its own option; a bf16 CPU without native bf16 warns in both."""
+    import logging
+
+    from lwsr_plugin.models import training_options as fast_training
+    from lwsr_plugin.ops import device as ops_device
+    monkeypatch.setattr(ops_device, 'bf16_native', lambda dev: native)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda dev=None: 'GPU-without-bf16')
+    monkeypatch.setattr(torch.amp, 'GradScaler', lambda *args, **kwargs: None)  # fp16's scaler: CUDA runtime
+    monkeypatch.setattr(fast_training, '_WARNED', set())
+    warned = []
+    for name in ('basicsr', 'lwsr_plugin'):  # training's log (BasicSR's logger), the inference commands' stderr
+        monkeypatch.setattr(logging.getLogger(name), 'warning', warned.append)
+    flag = {'bf16': '--bf16', 'fp16': '--half'}[precision]
+    answers = {}
+    for option, build in (('train.amp', lambda: fast_training.TrainingOptions({'train': {'amp': precision}},
+                                                                                torch.device(device))),
+                          (flag, lambda: ops_device.check_runtime(device, precision))):
+        warned.clear()
+        try:
+            build()
+            answers[option] = 'warns' if warned else 'runs'
+            assert all(m.startswith(f'{option}: ') for m in warned), warned
+        except (fast_training.TrainingOptionError, ops_device.RuntimeProblem) as err:
+            answers[option] = 'refused'
+            assert str(err).startswith(f'{option}: '), err
+    assert answers == {'train.amp': verdict, flag: verdict}
+
+
+def test_compile_is_refused_by_the_same_probe_as_inference(monkeypatch):
+    """``train.compile`` and ``--compile`` ask one probe (``ops.device.compile_problem``): without a C++ compiler
+    both are refused in one line naming their option."""
+    from lwsr_plugin.models.training_options import TrainingOptionError, TrainingOptions
+    from lwsr_plugin.ops import device as ops_device
+    monkeypatch.setattr(ops_device.shutil, 'which', lambda name: None)
+    options = TrainingOptions({'train': {'compile': True}}, torch.device('cpu'))
+    with pytest.raises(TrainingOptionError, match=r'^train\.compile: torch\.compile cannot compile on this machine '
+                                                  r'\(no C\+\+ compiler found'):
+        options.training_forward(torch.nn.Conv2d(3, 3, 3))
+    with pytest.raises(ops_device.RuntimeProblem, match=r'^--compile: no C\+\+ compiler found'):
+        ops_device.check_runtime('cpu', compile=True)
 
 
 def test_deterministic_option_sets_the_torch_flags():
@@ -251,7 +302,7 @@ def test_shipped_train_options_use_the_fast_settings():
     import lwsr_plugin  # noqa: F401
     from basicsr.utils.registry import MODEL_REGISTRY
     from conftest import REPO
-    from lwsr_plugin.models.training_options import bf16_native
+    from lwsr_plugin.ops.device import bf16_native
     from lwsr_plugin.models.lwsr_model import LWSRModel
     files = sorted(glob.glob(os.path.join(REPO, 'options', 'train_*.yml')))
     assert len(files) >= 15

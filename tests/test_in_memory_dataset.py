@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
 
 import cv2
 import lmdb
@@ -180,6 +181,26 @@ def test_concurrent_processes_build_once(lmdbs, tmp_path):
     assert len({path for _, path in results}) == 1
     assert os.listdir(tmp_path) == [os.path.basename(results[0][1])]
     assert read_cache_header(results[0][1])['count'] == len(PAIRS)
+
+
+def test_temporaries_of_killed_builds_removed(lmdbs, tmp_path, monkeypatch):
+    """A dataset removes what killed builds on this host left in its cache folder: fileio's temporaries and the
+    ``<cache>.tmp-<host>-<pid>-<id>`` files of earlier versions, whatever '-', '.' and digits the host name holds.
+    Temporaries of live processes and of other hosts stay."""
+    from lwsr_plugin import fileio
+    host = 'ip-10-0-0-5.node-2.cluster'
+    monkeypatch.setattr(fileio.socket, 'gethostname', lambda: host)
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    dead, live = proc.pid, os.getppid()
+    cache = 'HR__LR.0123abcd.00112233aabbccdd.lwsrcache'
+    gone = [f'{cache}.tmp-{host}-{dead}-0a1b2c3d', f'{cache}.tmp-{dead}@{host}', f'{cache}.tmp-{dead}-7f@{host}']
+    kept = [f'{cache}.tmp-{host}-{live}-0a1b2c3d', f'{cache}.tmp-{live}@{host}', f'{cache}.tmp-{dead}@other-7',
+            f'{cache}.tmp-other-7.x-{dead}-0a1b2c3d']
+    for name in gone + kept:
+        (tmp_path / name).write_bytes(b'partial')
+    ds = InMemoryPairedImageDataset(lmdb_opt(lmdbs, phase='val', cache_dir=str(tmp_path)))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [os.path.basename(ds.cache_path)])
 
 
 def test_spawned_workers_match_single_process(lmdbs, tmp_path):

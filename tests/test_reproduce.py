@@ -9,17 +9,16 @@ import torch
 from _utils import PY, run
 
 
-def test_recipe_names_match_the_recipes():
-    from lwsr_plugin.cli.reproduce import RECIPE_NAMES
-    from lwsr_plugin.reproduce import RECIPES
-    assert tuple(RECIPES) == RECIPE_NAMES
+def test_every_recipe_has_its_option_file():
+    from lwsr_plugin.cli.reproduce import RECIPES
     options = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
     for recipe in RECIPES.values():
         assert os.path.isfile(os.path.join(options, recipe.file)), recipe.file
 
 
 def test_cosine_schedule_warms_up_and_ends_at_zero():
-    from lwsr_plugin.reproduce import Schedule, log_spaced
+    from lwsr_plugin.cli.reproduce import log_spaced
+    from lwsr_plugin.patches.budget import Schedule
     schedule = Schedule([1e-3], warmup=0.1)
     assert schedule.factor(0) == 0 and schedule.factor(0.05) == pytest.approx(0.5)
     assert schedule.factor(0.1) == pytest.approx(1.0) and schedule.factor(1.0) == pytest.approx(0.0, abs=1e-12)
@@ -34,6 +33,71 @@ def test_cosine_schedule_warms_up_and_ends_at_zero():
     assert wsd.factor(1.0) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="schedule 'step'"):
         Schedule([1e-3], 'step')
+
+
+class BudgetModel:
+    """What a training budget uses of a BasicSR model: optimizers, ``update_learning_rate``, ``save``."""
+
+    def __init__(self, lr=1e-3):
+        self.optimizers = [torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)]
+        self.optimizers[0].param_groups[0]['initial_lr'] = lr
+        self.stepped, self.saved = [], []
+        self.log_dict = {'l_pix': 0.05}
+
+    def update_learning_rate(self, current_iter, warmup_iter=-1):
+        self.stepped.append(current_iter)
+        self.optimizers[0].param_groups[0]['lr'] = 1.0  # a scheduler of BasicSR's; a compressed schedule overrides it
+
+    def save(self, epoch, current_iter):
+        self.saved.append((epoch, current_iter))
+
+
+def _train(budget, model, total_iter):
+    """BasicSR's loop as the budget sees it: the built model handed over, ``update_learning_rate`` first in every
+    iteration up to ``total_iter``; returns the learning rate of every iteration."""
+    lrs = []
+    with budget:
+        budget.attach(model)
+        for current_iter in range(1, total_iter + 1):
+            model.update_learning_rate(current_iter)
+            lrs.append(model.optimizers[0].param_groups[0]['lr'])
+    return lrs
+
+
+def test_iteration_budget_evaluates_at_its_moments_sets_the_rate_and_ends_the_loop():
+    from lwsr_plugin.patches.budget import TrainingBudget
+    evaluated, shown = [], []
+    model = BudgetModel()
+    budget = TrainingBudget(iters=8, schedule='cosine', warmup=0.0, end_lr=1e-5, moments=[2, 4, 8], save_latest=True,
+                            evaluate=lambda b: evaluated.append(b.done), show=lambda b: shown.append(b.finished))
+    lrs = _train(budget, model, 100)
+    assert evaluated == [2, 4, 8] and budget.done == 8 and budget.reason == 'iterations'
+    assert model.stepped == list(range(1, 9)) and model.saved == [(-1, -1)]  # iteration 9 never ran
+    assert lrs[0] == pytest.approx(1e-3) and lrs[4] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and shown == [False] * 8 + [True]
+
+
+def test_time_budget_excludes_evaluations_and_a_loop_that_ends_first_is_kept():
+    import time
+
+    from lwsr_plugin.patches.budget import BudgetSpent, TrainingBudget
+    model = BudgetModel()
+    budget = TrainingBudget(minutes=0.3 / 60, moments=[0.1], evaluate=lambda b: time.sleep(0.5))
+    with budget:
+        budget.attach(model)
+        for current_iter in range(1, 10 ** 6):
+            model.update_learning_rate(current_iter)
+            time.sleep(0.01)
+    assert budget.reason == 'time' and 0.3 <= budget.train_s < 1.0 and budget.eval_s >= 0.5 * 2  # at 0.1 s and the end
+    assert model.saved == [] and budget.train_s + budget.eval_s <= budget.wall_s + 0.05
+    assert model.optimizers[0].param_groups[0]['lr'] == 1.0  # schedule 'none': BasicSR's own scheduler
+    finished = []
+    natural = TrainingBudget(minutes=1, show=lambda b: finished.append((b.done, b.finished)))
+    _train(natural, BudgetModel(), 3)  # total_iter reached first: BasicSR ends the loop, the budget only closes its view
+    assert finished[-1] == (3, True) and natural.reason is None
+    assert issubclass(BudgetSpent, BaseException) and not issubclass(BudgetSpent, Exception)
+    with pytest.raises(ValueError, match="schedule 'step'"):
+        TrainingBudget(iters=1, schedule='step')
 
 
 def test_missing_training_data_is_refused_with_the_command(tmp_path):
@@ -149,7 +213,7 @@ def test_plain_loop_writes_the_same_curve_columns(tmp_path, datasets_dir):
 def test_compare_curves_tables_equal_training_times_and_plots(tmp_path):
     """scripts/compare_curves.py: rows matched by evaluation moment, differences to the first curve, one plot."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    from lwsr_plugin.reproduce import write_curve
+    from lwsr_plugin.cli.reproduce import write_curve
     a = [{'iteration': 10, 'train_seconds': 60.0, 'wall_seconds': 61, 'Set5_psnr': 30.0, 'Set5_ssim': 0.8},
          {'iteration': 20, 'train_seconds': 120.0, 'wall_seconds': 122, 'Set5_psnr': 31.0, 'Set5_ssim': 0.85}]
     b = [{'iteration': 4, 'train_seconds': 60.1, 'wall_seconds': 62, 'Set5_psnr': 29.5, 'Set5_ssim': 0.79}]

@@ -44,7 +44,7 @@ TRAIN_PHOTOS = ('astronaut', 'coffee', 'rocket', 'hubble_deep_field', 'immunohis
 VAL_PHOTOS = ('chelsea', )
 SCALE = 4
 NAME = 'lwsr_demo_IMDN_x4'
-MODEL_TYPE = 'DemoTimedSRModel'
+MODEL_TYPE = 'LWSRModel'
 
 DEFAULT_MINUTES = 5.0
 MIN_MINUTES = 1.0  # torch import, data and BasicSR's start-up take 20-40 s on 2 loaded cores
@@ -79,19 +79,12 @@ def _photo(name):
 TILE = 192
 
 
-def _starts(size, tile):
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile + 1, tile))
-    if starts[-1] + tile < size:
-        starts.append(size - tile)  # a last tile flush with the border: the whole photo is used, a strip twice
-    return starts
-
-
 def _tiles(img, tile):
+    from lwsr_plugin.data.images import crop_positions
     h, w = img.shape[:2]
-    for i, y in enumerate(_starts(h, tile)):
-        for j, x in enumerate(_starts(w, tile)):
+    # a last tile flush with the border: the whole photo is used, a strip twice
+    for i, y in enumerate(crop_positions(h, tile, tile)):
+        for j, x in enumerate(crop_positions(w, tile, tile)):
             yield f'_{i}{j:02d}', img[y:y + tile, x:x + tile]
 
 
@@ -119,9 +112,9 @@ def build_dataset(root, scale=SCALE):
     return root
 
 
-def demo_options(data_root, deadline, total_iter=NO_ITER_CAP, num_feat=32, num_block=3, name=NAME):
-    """BasicSR options of the demo's training: ``train.deadline`` (Unix time) ends it, or ``total_iter`` if sooner.
-    The demo evaluates the weights itself afterwards, so BasicSR's validation is off."""
+def demo_options(data_root, total_iter=NO_ITER_CAP, num_feat=32, num_block=3, name=NAME):
+    """BasicSR options of the demo's training: the time budget ends it (:func:`training_budget`), or ``total_iter``
+    if sooner. The demo evaluates the weights itself afterwards, so BasicSR's validation is off."""
     s = SCALE
     return {
         'name': name,
@@ -149,104 +142,55 @@ def demo_options(data_root, deadline, total_iter=NO_ITER_CAP, num_feat=32, num_b
             # LWSRModel's fast path: bf16 autocast where the CPU/GPU runs it natively (losses stay fp32), NHWC
             'amp': 'auto', 'channels_last': True,
             'optim_g': {'type': 'Adam', 'lr': 2e-3, 'weight_decay': 0, 'betas': [0.9, 0.99]},
-            # the model sets the learning rate itself (cosine over the time fraction); BasicSR requires a scheduler
+            # the budget sets the learning rate (cosine over the time fraction); BasicSR requires a scheduler
             'scheduler': {'type': 'MultiStepLR', 'milestones': [], 'gamma': 1.0},
-            'deadline': float(deadline), 'eta_min': ETA_MIN,
             'total_iter': int(total_iter), 'warmup_iter': -1,
             'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
         },
+        # progress_interval 0: the demo's own bar and log line show the progress
         'logger': {'print_freq': max(total_iter // 10, 1), 'save_checkpoint_freq': total_iter,
-                   'use_tb_logger': False, 'wandb': {'project': None, 'resume_id': None}},
+                   'progress_interval': 0, 'use_tb_logger': False, 'wandb': {'project': None, 'resume_id': None}},
     }
 
 
-class TimeBudgetUsed(Exception):
-    """Raised by the demo's model between two iterations once ``train.deadline`` has passed, after it saved the
-    weights as BasicSR saves them at the end of training (``models/net_g_latest.pth``)."""
+class ProgressBar:
+    """The demo's view of the running training, a ``show`` callback of its :class:`TrainingBudget`: a tqdm bar of the
+    training seconds with it/s, learning rate, L1 loss and time left, and the same line in the log every 10 s."""
 
+    def __init__(self):
+        self.bar = None
+        self.last_log = 0.0
 
-def register_timed_model():
-    """Registers (once) and returns ``DemoTimedSRModel``: the plugin's ``LWSRModel`` (BasicSR's ``SRModel`` with
-    ``train.amp`` and ``train.channels_last``) that ends training at ``train.deadline``, sets the learning rate from
-    the elapsed fraction of the training time (cosine from ``optim_g.lr`` to ``train.eta_min``) and draws the
-    training progress bar."""
-    from basicsr.utils import get_root_logger
-    from basicsr.utils.registry import MODEL_REGISTRY
-    from lwsr_plugin.models.lwsr_model import LWSRModel
-    if MODEL_TYPE in MODEL_REGISTRY:
-        return MODEL_REGISTRY.get(MODEL_TYPE)
-
-    class DemoTimedSRModel(LWSRModel):
-
-        def init_training_settings(self):
-            super().init_training_settings()
-            train_opt = self.opt['train']
-            self.deadline = float(train_opt['deadline'])
-            self.max_iter = int(train_opt['total_iter'])
-            self.eta_min = float(train_opt.get('eta_min', 0))
-            self.started = None  # time of the first iteration: data loading and model building are not training
+    def __call__(self, budget):
+        from basicsr.utils import get_root_logger
+        if self.bar is None:
+            if budget.finished:
+                return
+            self.bar = _progress(desc='[lwsr-demo] train', total=round(budget.seconds), unit='s',
+                                 bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}')
+        model = budget.model
+        loss = model.log_dict.get('l_pix') if hasattr(model, 'log_dict') else None
+        lr = model.optimizers[0].param_groups[0]['lr']
+        text = (f'iter {budget.done}, {budget.rate():.2f} it/s, lr {lr:.1e}' +
+                (f', L1 {loss:.4f}' if loss is not None else '') + f', {budget.left_s():.0f} s left')
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(min(budget.train_s, self.bar.total) - self.bar.n)
+        now = time.time()
+        if now - self.last_log >= 10:  # the log file gets the same line (the console shows only warnings)
+            get_root_logger().info(f'[progress] {budget.train_s:.0f}/{budget.seconds:.0f} s, {text}')
+            self.last_log = now
+        if budget.finished:
+            self.bar.close()
             self.bar = None
-            self.last_log = 0.0
 
-        def fraction(self, done, now):
-            """Share of the training done: of the time budget, or of --iters when that is the nearer end."""
-            by_time = (now - self.started) / max(self.deadline - self.started, 1e-9)
-            return min(max(by_time, done / self.max_iter), 1.0)
 
-        def update_learning_rate(self, current_iter, warmup_iter=-1):
-            # BasicSR calls this first in every iteration: iteration current_iter - 1 is complete, the weights are
-            # consistent, so this is where training can end cleanly
-            now = time.time()
-            done = current_iter - 1
-            if self.started is None:
-                self.started = now
-                if self.deadline - now < MIN_TRAIN_S:
-                    get_root_logger().warning(f'The time budget is used up before training starts; training '
-                                              f'{MIN_TRAIN_S:.0f} s anyway. Give a larger --minutes.')
-                    self.deadline = now + MIN_TRAIN_S
-                self.bar = _progress(desc='[lwsr-demo] train', total=round(self.deadline - now), unit='s',
-                                     bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}')
-            elif now >= self.deadline:
-                self.finish(done, now)
-                get_root_logger().info(f'Time budget used: training stopped after {done} iterations. '
-                                       'Save the latest model.')
-                self.save(epoch=-1, current_iter=-1)  # what train_pipeline saves when its loop ends
-                raise TimeBudgetUsed(done)
-            frac = self.fraction(done, now)
-            cosine = 0.5 * (1 + math.cos(math.pi * frac))
-            self._set_lr([[self.eta_min + (lr - self.eta_min) * cosine for lr in group]
-                          for group in self._get_init_lr()])
-            self.show(done, now)
-
-        def optimize_parameters(self, current_iter):
-            super().optimize_parameters(current_iter)
-            if current_iter >= self.max_iter:  # --iters reached before the deadline: BasicSR ends the loop now
-                self.finish(current_iter, time.time())
-
-        def show(self, done, now):
-            elapsed = now - self.started
-            rate = done / elapsed if elapsed > 0 else 0.0
-            left = self.deadline - now
-            if rate:
-                left = min(left, (self.max_iter - done) / rate)
-            loss = self.log_dict.get('l_pix') if hasattr(self, 'log_dict') else None
-            lr = self.optimizers[0].param_groups[0]['lr']
-            text = (f'iter {done}, {rate:.2f} it/s, lr {lr:.1e}' + (f', L1 {loss:.4f}' if loss is not None else '') +
-                    f', {max(left, 0):.0f} s left')
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(min(elapsed, self.bar.total) - self.bar.n)
-            if now - self.last_log >= 10:  # the log file gets the same line (the console shows only warnings)
-                get_root_logger().info(f'[progress] {elapsed:.0f}/{self.deadline - self.started:.0f} s, {text}')
-                self.last_log = now
-
-        def finish(self, done, now):
-            if self.bar is not None:
-                self.show(done, now)
-                self.bar.close()
-                self.bar = None
-
-    MODEL_REGISTRY.register(DemoTimedSRModel)
-    return DemoTimedSRModel
+def training_budget(deadline, iters=None):
+    """The demo's training budget: training ends at ``deadline`` (Unix time) or after ``iters``, the learning rate
+    follows a cosine over the elapsed fraction from ``optim_g.lr`` to ``ETA_MIN``, the :class:`ProgressBar` shows it,
+    and the weights are saved as BasicSR saves them at the end (``models/net_g_latest.pth``)."""
+    from lwsr_plugin.patches.budget import TrainingBudget
+    return TrainingBudget(iters=iters, deadline=deadline, min_seconds=MIN_TRAIN_S, fix='Give a larger --minutes.',
+                          schedule='cosine', warmup=0.0, end_lr=ETA_MIN, show=ProgressBar(), save_latest=True)
 
 
 def pick_threads(opt, requested=None):
@@ -409,12 +353,11 @@ def main(argv=None):
     import yaml
 
     import basicsr.train
-    register_timed_model()
     data_root = build_dataset(os.path.join(out, 'data'))
     print(f'[lwsr-demo] training set: {len(TRAIN_PHOTOS)} scikit-image photos, validation: {VAL_PHOTOS} '
           f'({time.time() - start:.1f} s)', flush=True)
     deadline = budget_end - FINISH_RESERVE_S
-    opt = demo_options(data_root, deadline, args.iters or NO_ITER_CAP, args.num_feat, args.num_block)
+    opt = demo_options(data_root, args.iters or NO_ITER_CAP, args.num_feat, args.num_block)
     opt_path = os.path.join(out, f'{NAME}.yml')
     with open(opt_path, 'w', encoding='utf-8') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
@@ -428,10 +371,8 @@ def main(argv=None):
     argv_saved = sys.argv
     sys.argv = [argv_saved[0], '-opt', opt_path]  # BasicSR's parse_options reads the command line
     try:
-        with basicsr_log_to_file(log_path):
+        with basicsr_log_to_file(log_path), training_budget(deadline, args.iters):
             basicsr.train.train_pipeline(out)
-    except TimeBudgetUsed:
-        pass  # the model saved net_g_latest.pth before ending the loop
     finally:
         sys.argv = argv_saved
     images = os.path.join(out, 'images')

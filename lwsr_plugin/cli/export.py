@@ -14,7 +14,7 @@ import sys
 import time
 
 # Module-level imports stay light (no torch, onnx, numpy, BasicSR): `lwsr-export --help` answers at once.
-from lwsr_plugin.cli.upscale import _parse_kwargs, read_any
+from lwsr_plugin.cli.upscale import _parse_kwargs, add_model_arguments, read_any
 
 
 def export_onnx(net, path, in_ch, opset=17, sample_hw=(32, 32)):
@@ -110,12 +110,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog='lwsr-export', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-o', '--output', required=True, help='ONNX file to write (its folder is created)')
-    p.add_argument('--arch', help='registered arch')
-    p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE', help='arch argument, e.g. variant=DRN+')
-    p.add_argument('--scale', type=int, help='model scale (sets network_g.upscale)')
-    p.add_argument('--opt', help='BasicSR option file (network_g)')
-    p.add_argument('--ckpt', help='checkpoint (BasicSR params/params_ema or official state dict)')
-    p.add_argument('--param-key', default='params_ema', help='key in the checkpoint (falls back to params)')
+    add_model_arguments(p)
     p.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     p.add_argument('--check-image', action='append', help='image(s) for the onnxruntime parity check')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime check')

@@ -11,6 +11,8 @@ Outputs are PNG files named after the inputs, same bit depth and channels (grey,
 read, or whose output exists without ``--overwrite``, is reported and skipped; the exit status is 1 if any failed.
 """
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
@@ -156,18 +158,37 @@ class auto_tile:
         self.up.tile = self.saved
 
 
-def build_parser():
-    """The argument parser of ``lwsr-upscale`` (imports nothing heavy)."""
-    p = argparse.ArgumentParser(prog='lwsr-upscale', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('inputs', nargs='+', help='image files and/or folders')
-    p.add_argument('-o', '--output', required=True, help='output folder (created; must differ from input folders)')
+@contextlib.contextmanager
+def engine_warnings():
+    """While active, the warnings of the engine (logger ``lwsr_plugin``, e.g. ``--bf16`` on a CPU where bf16 runs
+    slower than fp32) are ``lwsr-upscale: ...`` lines on stderr, as this command's other messages."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('lwsr-upscale: %(message)s'))
+    logger = logging.getLogger('lwsr_plugin')
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def add_model_arguments(p):
+    """The arguments that choose the network and its weights, shared by the inference commands."""
     p.add_argument('--arch', help='registered arch (IMDN, IMDN_AS, IMDN_RTC, IDN, DRN, SLWSR)')
     p.add_argument('--arch-kwarg', action='append', metavar='KEY=VALUE', help='arch argument, e.g. variant=DRN+')
     p.add_argument('--scale', type=int, help='model scale (sets network_g.upscale)')
     p.add_argument('--opt', help='BasicSR option file whose network_g builds the model')
     p.add_argument('--ckpt', help='checkpoint: BasicSR .pth (params/params_ema) or an official state dict')
     p.add_argument('--param-key', default='params_ema', help='key in the checkpoint (falls back to params)')
+
+
+def build_parser():
+    """The argument parser of ``lwsr-upscale`` (imports nothing heavy)."""
+    p = argparse.ArgumentParser(prog='lwsr-upscale', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('inputs', nargs='+', help='image files and/or folders')
+    p.add_argument('-o', '--output', required=True, help='output folder (created; must differ from input folders)')
+    add_model_arguments(p)
     p.add_argument('--outscale', type=float, help='final scale (any value; IMDN_AS resizes its input to it)')
     p.add_argument('--tile', type=int, default=0, help='LR tile side for memory-bounded inference (0: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='LR context pixels around each tile')
@@ -211,9 +232,11 @@ def main(argv=None):
         net_opt = network_options(args.arch, args.scale, _parse_kwargs(args.arch_kwarg), args.opt)
         net = load_model(net_opt, args.ckpt, args.param_key)
         precision = 'bf16' if args.bf16 else 'fp16' if args.half else 'fp32'
-        up = Upscaler(net, device, args.tile, args.tile_overlap, args.tile_batch, args.ensemble, precision,
-                      not args.no_channels_last, args.compile, not args.no_fast, args.tile_stats,
-                      not args.no_cuda_graphs)
+        with engine_warnings():
+            up = Upscaler(net, device=device, tile=args.tile, tile_overlap=args.tile_overlap,
+                          tile_batch=args.tile_batch, tile_stats=args.tile_stats, ensemble=args.ensemble,
+                          precision=precision, channels_last=not args.no_channels_last, compile=args.compile,
+                          fast=not args.no_fast, cuda_graphs=not args.no_cuda_graphs)
     except (InferenceError, KeyError, TypeError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f'lwsr-upscale: {msg}', file=sys.stderr)

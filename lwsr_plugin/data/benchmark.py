@@ -3,19 +3,19 @@
 Writes the layout the test YAMLs read (``<out>/HR/<name>.png``, ``<out>/LR_bicubic/X<s>/<name>x<s>.png``). HR is
 mod-cropped by ``--hr-mod`` (default: the largest scale); LR of scale ``s`` is MATLAB bicubic of that HR mod-cropped
 by ``s``, which is how the shipped sets were made: with the default ``--resize matlab`` the result reproduces
-``Set5/LR_bicubic`` within 1 grey level. The whole folder is built under a temporary name and renamed when done.
+``Set5/LR_bicubic`` within 1 grey level. The whole folder is built under :func:`lwsr_plugin.fileio.temp_name` and
+published (:func:`lwsr_plugin.fileio.publish`) when done.
 
 Run: ``python -m lwsr_plugin.data.benchmark --hr my_set/HR --out datasets/MySet``.
 """
 import os
-import shutil
 import time
 from functools import partial
 
 from .images import DataPrepError, check_keys, list_images, mod_crop, read_image, scan_sizes
-from .lmdb_io import check_targets, publish, refuse_output_on_input, tmp_path
-from .pipeline import add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, report_throughput, \
-    run_jobs
+from .lmdb_io import check_targets, refuse_existing, refuse_output_on_input
+from .pipeline import _import_pixel_modules, add_lmdb_args, add_skip_small_arg, base_parser, cli, keep_large_enough, \
+    report_throughput, run_jobs
 
 
 def _write_png(path, img, compress_level):
@@ -53,6 +53,7 @@ def run(argv=None):
     args = parse_args(argv)
     out = os.path.abspath(args.out)
     refuse_output_on_input([out], [args.hr])
+    refuse_existing([out], args.overwrite)
     keys = check_keys(list_images(args.hr))
     if args.hr_mod < 0:
         raise DataPrepError(f'--hr-mod {args.hr_mod}: must be 0 (the largest scale) or positive')
@@ -63,9 +64,11 @@ def run(argv=None):
                                  args.skip_small, f'scale {max(args.scales)} after the mod-crop by {hr_mod}',
                                  'fewer or smaller --scales (or a smaller --hr-mod)', 'benchmark'))
     keys = {key: path for key, path in keys.items() if path in kept}
+    _import_pixel_modules()
+    from lwsr_plugin import fileio
     check_targets([out], args.overwrite)
-    tmp = tmp_path(out)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fileio.temp_name(out)
+    fileio.remove_path(tmp)
     for sub in ['HR'] + [os.path.join('LR_bicubic', f'X{s}') for s in args.scales]:
         os.makedirs(os.path.join(tmp, sub))
     func = partial(process_image, out_dir=tmp, scales=args.scales, hr_mod=hr_mod,
@@ -74,10 +77,10 @@ def run(argv=None):
     results = run_jobs(func, list(keys.items()), args.workers, 'benchmark')
     try:
         n_files = sum(results)
-        publish([(tmp, out)])
+        fileio.publish(tmp, out)
     except BaseException:
         results.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        fileio.remove_path(tmp)
         raise
     report_throughput('benchmark', len(keys), n_files, time.time() - start)
     print(f'  wrote {out}')

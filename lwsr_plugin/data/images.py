@@ -220,7 +220,10 @@ def encode_png(img, compress_level):
 
 def crop_positions(size, crop, step, thresh_size=0):
     """Top-left offsets of a sliding window along one side, BasicSR ``extract_subimages`` convention: every
-    ``step`` from 0, plus one window flush with the far border when more than ``thresh_size`` pixels remain."""
+    ``step`` from 0, plus one window flush with the far border when more than ``thresh_size`` pixels remain. A side
+    shorter than the window gets the one offset 0 (the window is cut short there)."""
+    if size < crop:
+        return [0]
     pos = list(range(0, size - crop + 1, step))
     if size - (pos[-1] + crop) > thresh_size:
         pos.append(size - crop)

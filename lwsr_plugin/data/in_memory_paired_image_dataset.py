@@ -17,24 +17,17 @@ bit-identical tensors (it makes the same ``random`` calls in the same order). Ex
 
 Cache file ``<gt>__<lq>.<source>.<fingerprint>.lwsrcache`` (the fingerprint covers paths, sizes, mtimes,
 ``meta_info`` contents and the decode mode, so a changed dataset gets a new file; older caches of the same source are
-removed once no process holds them). Layout: a 4096-byte prefix (magic, header offset/length), the image bytes, an int64 index ``(n, 2, 4)`` of
-``(offset, h, w, c)`` for GT/LQ, then a JSON header. Written to a temporary name and renamed, under a per-cache lock
-so that the ranks of one host decode once.
+removed once no process holds them); its format and writer are in :mod:`lwsr_plugin.data.in_memory_cache`.
 """
 import errno
-import glob
 import hashlib
 import json
 import math
 import os
 import random
 import re
-import socket
-import struct
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -46,20 +39,10 @@ from basicsr.data.data_util import paired_paths_from_folder, paired_paths_from_l
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from lwsr_plugin.data.lmdb_io import pid_alive
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no build lock (the rename alone keeps caches whole) and no stale-cache removal
-    fcntl = None
-
-CACHE_VERSION = 1
-MAGIC = b'LWSRIMC1'
-PREFIX_SIZE = 4096
-SUFFIX = '.lwsrcache'
-# what a cached image is: the array BasicSR's imfrombytes(content) gives before its float conversion
-DECODE_MODE = 'cv2.imdecode IMREAD_COLOR uint8 BGR'
-GT, LQ = 0, 1
+from lwsr_plugin.data.in_memory_cache import (CACHE_VERSION, DECODE_MODE, GT, LQ, SUFFIX, build_lock, hold,
+                                              read_cache_header, read_cache_index, remove_unused, sha256_file,
+                                              write_cache)
+from lwsr_plugin.fileio import remove_path
 
 _SIZE_UNITS = {'': 1, 'b': 1,
                'kb': 10**3, 'mb': 10**6, 'gb': 10**9, 'tb': 10**12,
@@ -99,67 +82,6 @@ def _suggest_size(nbytes):
         if nbytes >= factor:
             return f'{math.floor(nbytes / factor * 10 + 1) / 10:g}{unit}'
     return str(nbytes)
-
-
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def _build_lock(path):
-    """Exclusive ``flock`` on ``path`` while the cache is built: the other ranks of the host wait, then reuse the
-    cache instead of decoding it again. Where locks are unsupported each process builds and the atomic rename
-    keeps the result intact."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    locked = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            locked = True
-        except BlockingIOError:
-            get_root_logger().info(f'InMemoryPairedImageDataset: waiting for another process building {path[:-5]}')
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            locked = True
-        except OSError as err:
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-        yield
-    finally:
-        if locked:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def read_cache_header(path):
-    """The JSON header of a complete cache file, or None when ``path`` is missing, foreign or truncated."""
-    try:
-        with open(path, 'rb') as f:
-            prefix = f.read(24)
-            if len(prefix) < 24 or prefix[:8] != MAGIC:
-                return None
-            header_offset, header_len = struct.unpack('<QQ', prefix[8:24])
-            f.seek(header_offset)
-            raw = f.read(header_len)
-            size = os.fstat(f.fileno()).st_size
-        header = json.loads(raw.decode('utf-8'))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if size != header_offset + header_len or header.get('version') != CACHE_VERSION:
-        return None
-    return header
-
-
-def read_cache_index(path, header):
-    """The ``(n, 2, 4)`` int64 index ``(offset, h, w, c)`` of GT (``[:, 0]``) and LQ (``[:, 1]``)."""
-    index = np.fromfile(path, dtype='<i8', count=header['count'] * 8, offset=header['index_offset'])
-    return index.reshape(header['count'], 2, 4).astype(np.int64)
 
 
 @DATASET_REGISTRY.register()
@@ -207,8 +129,8 @@ class InMemoryPairedImageDataset(data.Dataset):
         self._check_alignment(self._index[:, :, 1:3])
         self._buffer = None  # mapped lazily in each process: a mapping is not pickled to workers
         self._envs = {}
-        self._holder = _hold(self.cache_path)
-        self._remove_stale()
+        self._holder = hold(self.cache_path)
+        remove_unused(self.cache_path, self._cache_stem())
 
     # ------------------------------------------------------------------------------------------------ options
     def _error(self, message):
@@ -303,7 +225,7 @@ class InMemoryPairedImageDataset(data.Dataset):
             for folder in (self.gt_folder, self.lq_folder):
                 st = os.stat(os.path.join(folder, 'data.mdb'))
                 digest.update(f'{st.st_size} {st.st_mtime_ns} '.encode())
-                digest.update(_sha256_file(os.path.join(folder, 'meta_info.txt')).encode())
+                digest.update(sha256_file(os.path.join(folder, 'meta_info.txt')).encode())
         else:
             for pair in self.paths:
                 for key in ('gt_path', 'lq_path'):
@@ -314,7 +236,7 @@ class InMemoryPairedImageDataset(data.Dataset):
                                           'it from meta_info_file.') from None
                     digest.update(f'{st.st_size} {st.st_mtime_ns} '.encode())
             if self.opt.get('meta_info_file') is not None:
-                digest.update(_sha256_file(self.opt['meta_info_file']).encode())
+                digest.update(sha256_file(self.opt['meta_info_file']).encode())
         return digest.hexdigest()
 
     def _cache_stem(self):
@@ -337,7 +259,7 @@ class InMemoryPairedImageDataset(data.Dataset):
         self._check_memory(int((shapes.clip(0).prod(axis=2) * 3).sum()))
         try:
             os.makedirs(cache_dir, exist_ok=True)
-            with _build_lock(path + '.lock'):
+            with build_lock(path + '.lock'):
                 try:
                     if self._is_valid(read_cache_header(path), fingerprint):
                         return path, False
@@ -345,7 +267,7 @@ class InMemoryPairedImageDataset(data.Dataset):
                 finally:
                     # still locked: processes waiting on this lock file re-check the cache when they get it, and
                     # a process that makes a new lock file meanwhile at worst builds once more (same result)
-                    _remove(path + '.lock')
+                    remove_path(path + '.lock')
         except OSError as err:
             if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
@@ -431,86 +353,46 @@ class InMemoryPairedImageDataset(data.Dataset):
         return np.ascontiguousarray(img)
 
     def _build(self, path, fingerprint):
-        """Decode every pair once into ``<path>.tmp-<host>-<pid>-<id>``, then rename it to ``path``."""
+        """Decode every pair once into the cache file ``path`` (see :func:`.in_memory_cache.write_cache`)."""
         from tqdm import tqdm
         logger = get_root_logger()
-        tmp = f'{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
         self._envs = {}
         if self.backend == 'lmdb':
             import lmdb
             self._envs = {k: lmdb.open(folder, readonly=True, lock=False, readahead=False, meminit=False)
                           for k, folder in (('gt', self.gt_folder), ('lq', self.lq_folder))}
         n = len(self.paths)
-        index = np.zeros((n, 2, 4), dtype='<i8')
         start = time.time()
         logger.info(f'{self.name}: decoding {n} GT/LQ pairs once into {path}')
+        info = {'fingerprint': fingerprint, 'dataroot_gt': os.path.abspath(self.gt_folder),
+                'dataroot_lq': os.path.abspath(self.lq_folder), 'backend': self.backend,
+                'created': time.strftime('%Y-%m-%d %H:%M:%S')}
         try:
-            with open(tmp, 'wb') as f, ThreadPoolExecutor(self.decode_threads) as pool, \
+            with ThreadPoolExecutor(self.decode_threads) as pool, \
                     tqdm(total=n, unit='pair', desc=f'{self.name}: decoding {os.path.basename(self.gt_folder)}',
                          dynamic_ncols=True) as bar:
-                f.write(b'\0' * PREFIX_SIZE)
-                offset = 0
-                chunk = 4 * self.decode_threads
-                for first in range(0, n, chunk):
-                    items = [(i, key) for i in range(first, min(n, first + chunk)) for key in ('gt_path', 'lq_path')]
-                    images = pool.map(self._decode, zip(items, self._read_records(items)))
-                    for (i, key), img in zip(items, images):
-                        h, w, c = img.shape
-                        index[i, GT if key == 'gt_path' else LQ] = (offset, h, w, c)
-                        f.write(img.data)
-                        offset += img.nbytes
-                    bar.update(len(items) // 2)
-                data_nbytes = offset
-                index_offset = PREFIX_SIZE + data_nbytes
-                f.write(index.tobytes())
-                header = json.dumps({
-                    'version': CACHE_VERSION, 'fingerprint': fingerprint, 'count': n, 'decode': DECODE_MODE,
-                    'data_offset': PREFIX_SIZE, 'data_nbytes': data_nbytes, 'index_offset': index_offset,
-                    'dataroot_gt': os.path.abspath(self.gt_folder), 'dataroot_lq': os.path.abspath(self.lq_folder),
-                    'backend': self.backend, 'created': time.strftime('%Y-%m-%d %H:%M:%S'),
-                }).encode('utf-8')
-                header_offset = index_offset + index.nbytes
-                f.write(header)
-                f.seek(0)
-                f.write(MAGIC + struct.pack('<QQ', header_offset, len(header)))
-                f.flush()
-                os.fsync(f.fileno())
-            # one atomic step: readers see the old file, no file, or the complete new one, never a partial one
-            os.replace(tmp, path)
-        except BaseException as err:
-            _remove(tmp)
-            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                raise self._error(f'no space left in {os.path.dirname(path)} for the cache; free space or set '
-                                  'cache_dir: to another disk.') from None
-            raise
+                data_nbytes = write_cache(path, n, self._decoded_pairs(pool, bar), info)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise self._error(f'no space left in {os.path.dirname(path)} for the cache; free space or set '
+                              'cache_dir: to another disk.') from None
         finally:
             for env in self._envs.values():
                 env.close()
             self._envs = {}
-        _fsync_dir(os.path.dirname(path))
         type(self).builds += 1
         logger.info(f'{self.name}: cache of {n} pairs, {format_size(data_nbytes)}, written in '
                     f'{time.time() - start:.1f} s: {path}')
 
-    def _remove_stale(self):
-        """Remove what older fingerprints of the same source left (the data changed since): caches no process holds
-        (see ``_hold``), their idle lock files, and temporary files of killed builds on this host."""
-        if fcntl is None:
-            return
-        pattern = os.path.join(glob.escape(os.path.dirname(self.cache_path)), glob.escape(self._cache_stem()) + '.*')
-        for old in glob.glob(pattern + SUFFIX) + glob.glob(pattern + SUFFIX + '.lock'):
-            if old.startswith(self.cache_path):
-                continue
-            try:
-                with open(old, 'rb') as f:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    _remove(old)
-            except OSError:
-                pass  # in use (a running job maps it, or a build holds the lock), or already gone
-        for old in glob.glob(pattern + SUFFIX + '.tmp-*'):
-            host, _, pid = old.rsplit('.tmp-', 1)[1].rpartition('-')[0].rpartition('-')
-            if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-                _remove(old)
+    def _decoded_pairs(self, pool, bar):
+        """Every pair's decoded ``(gt, lq)``, in order; ``4 * decode_threads`` pairs are read and decoded at a time."""
+        n, chunk = len(self.paths), 4 * self.decode_threads
+        for first in range(0, n, chunk):
+            items = [(i, key) for i in range(first, min(n, first + chunk)) for key in ('gt_path', 'lq_path')]
+            images = list(pool.map(self._decode, zip(items, self._read_records(items))))
+            yield from zip(images[0::2], images[1::2])
+            bar.update(len(items) // 2)
 
     def _check_alignment(self, shapes):
         """BasicSR's paired_random_crop checks (GT = scale x LQ, LQ at least the patch) for every pair at once, and
@@ -603,20 +485,6 @@ class InMemoryPairedImageDataset(data.Dataset):
         return len(self.paths)
 
 
-def _hold(path):
-    """An open handle with a shared ``flock`` on the cache for as long as the dataset lives: another process that
-    rebuilds the cache for changed data then leaves this one in place, since DataLoader workers (re)started later,
-    e.g. every epoch, map it again by its path."""
-    f = open(path, 'rb')
-    if fcntl is None:
-        return f
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        pass  # no locks on this file system: stale caches may then go while in use, as without the hold
-    return f
-
-
 def _flip(img, hflip, vflip, rot90):
     """basicsr.data.transforms.augment's cv2.flip(img, 1) / cv2.flip(img, 0) / transpose, as views."""
     if hflip:
@@ -639,23 +507,3 @@ def _patch_to_tensor(img):
 def _to_float(img):
     # the same expression as imfrombytes(float32=True), hence the same float32 values
     return img.astype(np.float32) / 255.
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

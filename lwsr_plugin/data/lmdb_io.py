@@ -2,14 +2,17 @@
 
 The format is BasicSR's (``basicsr.utils.lmdb_util``): PNG bytes under ``<key>`` in ``data.mdb``, and one
 ``<key>.png (<h>,<w>,<c>) <compress_level>`` line per record in ``meta_info.txt``, so ``PairedImageDataset`` with
-``io_backend: {type: lmdb}`` reads it. Unlike BasicSR's ``LmdbMaker``, everything is written under a temporary name
-beside the target (``<target>.tmp-<pid>``) and renamed only when complete: a killed run never leaves a partial
-output under the final name, and the next run removes the leftovers of dead runs.
+``io_backend: {type: lmdb}`` reads it. Unlike BasicSR's ``LmdbMaker``, everything is written under the temporary
+name :func:`lwsr_plugin.fileio.temp_name` gives beside the target and published (:func:`lwsr_plugin.fileio.publish`)
+only when complete: a killed run never leaves a partial output under the final name, and the next run removes the
+leftovers of dead runs (:func:`lwsr_plugin.fileio.remove_stale_temps`).
+
+``lwsr_plugin.fileio`` is imported inside the functions that write: it loads torch and BasicSR, which
+``lwsr-check-lmdb`` (a reader of this module) and the commands' ``--help`` must not pay for.
 """
 import errno
 import os
 import re
-import shutil
 import struct
 
 import lmdb
@@ -19,34 +22,6 @@ from .images import DataPrepError
 MAP_SIZE = 1024**4  # address space only: LMDB files grow with the data on Linux
 COMMIT_EVERY = 2000
 _META_RE = re.compile(r'^(\S+?)\.png \((\d+),(\d+),(\d+)\) (\d+)$')
-
-
-def tmp_path(final_path):
-    """Temporary sibling name of ``final_path`` for this process."""
-    return f'{final_path}.tmp-{os.getpid()}'
-
-
-def pid_alive(pid):
-    """True while a process ``pid`` exists on this host (a temp file's writer may still be at work)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_tmp(final_path):
-    """Delete leftovers of dead runs (a SIGKILLed earlier run) beside ``final_path``: its own ``.tmp-<pid>`` /
-    ``.old-<pid>`` siblings and those of any other ``*.lmdb`` there, when process ``<pid>`` no longer exists."""
-    folder, name = os.path.split(os.path.abspath(final_path))
-    if not os.path.isdir(folder):
-        return
-    for entry in os.listdir(folder):
-        m = re.fullmatch(r'(.+)\.(tmp|old)-(\d+)', entry)
-        if m and (m.group(1) == name or m.group(1).endswith('.lmdb')) and not pid_alive(int(m.group(3))):
-            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
 def refuse_existing(final_paths, overwrite):
@@ -70,24 +45,13 @@ def refuse_output_on_input(outputs, inputs):
 
 
 def check_targets(final_paths, overwrite):
-    """Refuse to start when an output exists and ``overwrite`` is off; clean stale temporaries; create parents."""
+    """Refuse to start when an output exists and ``overwrite`` is off; create parents; delete what killed runs left
+    beside each output, and beside any other ``*.lmdb`` in its folder."""
     refuse_existing(final_paths, overwrite)
+    from lwsr_plugin import fileio
     for path in final_paths:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        remove_stale_tmp(path)
-
-
-def publish(pairs):
-    """Rename each finished ``(tmp, final)`` into place; an existing final is moved aside first and deleted only
-    after the new one is in place."""
-    for tmp, final in pairs:
-        old = None
-        if os.path.exists(final):
-            old = f'{final}.old-{os.getpid()}'
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        fileio.remove_stale_temps(path, siblings='.lmdb')
 
 
 def _is_disk_full(err):
@@ -95,15 +59,17 @@ def _is_disk_full(err):
 
 
 class AtomicLmdbWriter:
-    """Writes a BasicSR-format LMDB under a temporary name; :meth:`finish` completes it, :meth:`abort` removes it."""
+    """Writes a BasicSR-format LMDB under :func:`lwsr_plugin.fileio.temp_name` of its final path; :meth:`finish`
+    completes it for :func:`lwsr_plugin.fileio.publish`, :meth:`abort` removes it."""
 
     def __init__(self, final_path, compress_level=1):
+        from lwsr_plugin import fileio
         if not final_path.endswith('.lmdb'):
             raise DataPrepError(f'{final_path}: LMDB output names must end with .lmdb (BasicSR requires it)')
         self.final_path = final_path
-        self.path = tmp_path(final_path)
+        self.path = fileio.temp_name(final_path)
         self.compress_level = compress_level
-        shutil.rmtree(self.path, ignore_errors=True)
+        fileio.remove_path(self.path)
         self.env = lmdb.open(self.path, map_size=MAP_SIZE)
         self.txn = self.env.begin(write=True)
         self.meta = {}
@@ -150,6 +116,7 @@ class AtomicLmdbWriter:
 
     def abort(self):
         """Drop everything written so far."""
+        from lwsr_plugin import fileio
         try:
             if self.txn is not None:
                 self.txn.abort()
@@ -158,7 +125,7 @@ class AtomicLmdbWriter:
         except lmdb.Error:
             pass
         self.txn = self.env = None
-        shutil.rmtree(self.path, ignore_errors=True)
+        fileio.remove_path(self.path)
 
 
 _META_MAGIC = 0xBEEFC0DE

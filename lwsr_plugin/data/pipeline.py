@@ -3,8 +3,9 @@
 Workers (``multiprocessing``) turn one source image each into encoded records; the parent process alone writes
 them, so LMDB sees a single writer. Outputs are published only after every job succeeded.
 
-The commands import this module before parsing their arguments: OpenCV, NumPy, torch and BasicSR are imported only
-by :func:`write_lmdbs` / :func:`run_jobs`, i.e. once the arguments, the inputs and the targets have been checked.
+The commands import this module before parsing their arguments: OpenCV, NumPy, torch and BasicSR (and
+:mod:`lwsr_plugin.fileio`, which loads them) are imported only by :func:`write_lmdbs` / :func:`run_jobs`, i.e. once
+the arguments, the inputs and the targets have been checked.
 """
 import argparse
 import multiprocessing
@@ -15,7 +16,7 @@ import threading
 import time
 
 from .images import DataPrepError
-from .lmdb_io import AtomicLmdbWriter, check_targets, publish
+from .lmdb_io import AtomicLmdbWriter, check_targets
 
 MAX_NAMED = 20  # skipped images named in the --skip-small line; the count covers all
 
@@ -46,18 +47,20 @@ def _thread_settings(saved=None):
 
 
 def _import_pixel_modules():
-    """Imports NumPy, torch and BasicSR (through .resize) with Ctrl-C held back until they are in.
+    """Imports NumPy, torch and BasicSR (through .resize) and :mod:`lwsr_plugin.fileio` with Ctrl-C held back until
+    they are in.
 
     Before the pool forks: the workers inherit them from the parent instead of importing them each, which costs
     seconds and a few hundred MB per worker. Before any temporary output exists, and with SIGINT blocked meanwhile:
     a KeyboardInterrupt raised inside the C++ initialisation of a torch extension aborts the process
     (``terminate called after throwing an instance of 'pybind11::error_already_set'``, SIGABRT, the temporary LMDBs
     left behind); held back, it is raised once the import is done and cleans up like any Ctrl-C."""
-    if 'lwsr_plugin.data.resize' in sys.modules:
+    if 'lwsr_plugin.data.resize' in sys.modules and 'lwsr_plugin.fileio' in sys.modules:
         return
     hold = (threading.current_thread() is threading.main_thread() and hasattr(signal, 'pthread_sigmask'))
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
     try:
+        from lwsr_plugin import fileio  # noqa: F401
         from . import resize  # noqa: F401
     finally:
         if hold:
@@ -96,8 +99,9 @@ def write_lmdbs(outputs, func, jobs, workers, overwrite, compress_level, desc):
     ``outputs`` maps a label to a final ``.lmdb`` path; ``func(job)`` returns {label: [(key, png_bytes, shape)]}.
     Returns (images, records, seconds) and prints the throughput.
     """
-    check_targets(outputs.values(), overwrite)
     _import_pixel_modules()
+    from lwsr_plugin import fileio
+    check_targets(outputs.values(), overwrite)
     writers = {}
     results = None
     start = time.time()
@@ -112,7 +116,8 @@ def write_lmdbs(outputs, func, jobs, workers, overwrite, compress_level, desc):
                     writers[label].put(key, data, shape)
                     n_records += 1
         done = [(w.finish(), w.final_path) for w in writers.values()]
-        publish(done)
+        for tmp, final in done:  # only now: a run killed before leaves every output as it was
+            fileio.publish(tmp, final)
     except BaseException:
         if results is not None:
             results.close()  # stops the workers and the progress bar before the error is reported

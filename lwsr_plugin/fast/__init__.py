@@ -1,8 +1,10 @@
-"""Fast inference forms of every plugin arch (issues 7 and 15): the trained module's arithmetic rearranged for
-memory traffic and fused kernels, with the module's fp32 output (max abs diff <= 1e-5 on [0, 1] images).
+"""Inference forms: the fast form of every plugin arch (the trained module's arithmetic rearranged for memory traffic
+and fused kernels, with the module's fp32 output: max abs diff <= 1e-5 on [0, 1] images), and the ways a forward is
+run (tiling and self-ensemble in ``tiling``, CUDA graph replay in ``graphs``). No training code.
 
 ``fast_inference_net(net)`` returns the form for ``net``'s arch (or ``net`` itself for an arch without one). The
-shared mechanisms are in :mod:`lwsr_plugin.fast.ops`; each form's docstring says what it rearranges and why.
+shared mechanisms (fused convolutions, scratch buffers, pixel-shuffle convolutions) are in
+:mod:`lwsr_plugin.fast.kernels`; each form's docstring says what it rearranges and why.
 """
 from .drn import FastDRN
 from .idn import FastIDN

@@ -1,4 +1,4 @@
-"""Fast inference forms of the IMDN family (issue 7, issue 15): the arithmetic of ``IMDN.forward`` / ``IMDN_RTC``
+"""Fast inference forms of the IMDN family: the arithmetic of ``IMDN.forward`` / ``IMDN_RTC``
 (Hui et al., ACM MM 2019, §3.1-3.2: IMDB eqs. 3-5, IIC, pixel-shuffle upsampler), rearranged for memory traffic.
 
 What changes, each for a measured reason (``scripts/benchmark_inference.py``):

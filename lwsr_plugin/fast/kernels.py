@@ -1,4 +1,4 @@
-"""Building blocks of the fast inference forms (issue 15), shared by every arch family.
+"""Building blocks of the fast inference forms, shared by every arch family.
 
 The forms rearrange a trained network's arithmetic for inference; these are the general mechanisms they use, each
 kept for a measured reason (``scripts/benchmark_inference.py``, 2 CPU cores):

@@ -1,2 +1,4 @@
-"""Every `*_metric.py` module of this folder registers its classes in BasicSR's registries. They are imported by
-:func:`lwsr_plugin.register`, which runs before any module of this folder (the plugin's import finder sees to it)."""
+"""Metrics registered in BasicSR's ``METRIC_REGISTRY`` (``*_metric.py``): ``ifc_metric`` is the information
+fidelity criterion of IDN's Table 3. ``paper_tables`` measures the published tables of IDN and IMDN through the
+shipped test option files (``lwsr-test --paper-tables``). The metric modules are imported by :func:`lwsr_plugin.register`, which runs before any module of this
+folder (the plugin's import finder sees to it)."""

@@ -6,7 +6,8 @@ Option keys, under ``train`` (all optional; the defaults train exactly as BasicS
     amp: false            # bf16 | fp16 | auto | false. Autocast of the forward pass; losses are computed in fp32.
                           # fp16 (CUDA only) uses a GradScaler whose state is saved in the .state file.
                           # auto = bf16 where the device runs it natively (CUDA with bf16, CPU with AVX512-BF16
-                          # or AMX), else false.
+                          # or AMX), else false. bf16 on a CPU without native bf16 runs emulated, slower than fp32,
+                          # with a warning (the policy of lwsr_plugin.ops.device.limitation).
     channels_last: false  # network weights and batches in channels_last (NHWC) memory format
     compile: false        # false | true | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs:
                           # torch.compile of the training forward; validation, saving and loading use the plain
@@ -36,7 +37,7 @@ import torch
 
 from basicsr.utils import get_root_logger
 
-from lwsr_plugin.ops.device import bf16_native
+from lwsr_plugin.ops.device import limitation
 
 AMP_VALUES = ('bf16', 'fp16', 'auto', False)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
@@ -59,18 +60,6 @@ class TrainingOptionError(ValueError):
 
 class NonFiniteTrainingError(SystemExit):
     """Raised after ``train.max_nonfinite_steps`` non-finite steps in a row; ends the run with its message."""
-
-
-def _compile_probe(device):
-    """Compile and run a tiny function; returns '' or why torch.compile cannot work on this machine."""
-    try:
-        fn = torch.compile(lambda x: torch.nn.functional.relu(x) * 2 + 1)
-        out = fn(torch.ones(4, device=device))
-        if not torch.equal(out.cpu(), torch.full((4, ), 3.0)):
-            return 'a compiled test function gave a wrong result'
-    except Exception as err:  # inductor reports a missing compiler / triton in many exception types
-        return f'{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ""}'
-    return ''
 
 
 def _normalise_amp(value):
@@ -116,16 +105,15 @@ class TrainingOptions:
         self.device = device
         amp = _normalise_amp(train_opt.get('amp', False))
         if amp == 'auto':
-            amp = 'bf16' if bf16_native(device) else False
-        if amp == 'fp16' and device.type != 'cuda':
+            amp = 'bf16' if limitation(device, 'bf16') is None else False
+        limit = limitation(device, amp) if amp else None
+        if limit and amp == 'fp16':
             raise TrainingOptionError('train.amp: fp16 needs a CUDA GPU (float16 autocast + GradScaler); on CPU use '
                                       '`amp: bf16` (or `amp: false`).')
-        if amp == 'bf16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-            raise TrainingOptionError(f'train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}. '
-                                      'Use `amp: fp16` (or `amp: false`).')
-        if amp == 'bf16' and device.type == 'cpu' and not bf16_native(device):
-            _warn_once('train.amp: bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and runs slower '
-                       'than fp32 here; `amp: auto` (or false) trains in fp32.')
+        if limit and not limit.slow:
+            raise TrainingOptionError(f'train.amp: {limit.reason}. Use `amp: fp16` (or `amp: false`).')
+        if limit:
+            _warn_once(f'train.amp: bf16: {limit.reason}; `amp: auto` (or false) trains in fp32.')
         self.amp = amp
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
         self.channels_last = bool(train_opt.get('channels_last', False))
@@ -180,9 +168,9 @@ class TrainingOptions:
         """The callable that runs the training forward: ``net`` itself or its compiled version."""
         if not self.compile:
             return net
-        problem = _compile_probe(self.device)
-        if problem:
-            raise TrainingOptionError(f'train.compile: torch.compile cannot compile on this machine ({problem}). '
+        limit = limitation(self.device, 'compile')
+        if limit:
+            raise TrainingOptionError(f'train.compile: torch.compile cannot compile on this machine ({limit.reason}). '
                                       'Install a C++ compiler (CPU) or triton (GPU), or set `compile: false`.')
         return torch.compile(net, mode=None if self.compile == 'default' else self.compile)
 

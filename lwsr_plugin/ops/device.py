@@ -1,9 +1,13 @@
 """What this machine's devices can run, one answer for training and for inference: native bf16
-(:func:`bf16_native`), the CPU's model and vector ISA (:func:`cpu_name`), whether a device / precision / compile
-request works here (:func:`check_runtime`, one line naming the flag and the fix otherwise).
+(:func:`bf16_native`), the CPU's model and vector ISA (:func:`cpu_name`), whether a precision or ``torch.compile``
+runs on a device and why not (:func:`limitation`, the one answer both ``train.amp`` / ``train.compile`` and the
+inference flags use), and the inference flags checked against it (:func:`check_runtime`, one line naming the flag and
+the fix).
 """
+import logging
 import platform
 import shutil
+from typing import NamedTuple
 
 import torch
 
@@ -40,9 +44,46 @@ def cpu_name():
     return f'{name} ({isa})' if isa else name
 
 
+class Limitation(NamedTuple):
+    """Why a precision or ``torch.compile`` does not run at speed on a device (see :func:`limitation`)."""
+    reason: str  # a clause for the caller's one-line message, which adds its own option name and fix
+    slow: bool  # True: it runs, only slower than fp32, and is run with a warning; False: it is refused
+
+
+def limitation(device, request):
+    """What stops ``request`` -- a precision ('fp32', 'bf16', 'fp16') or 'compile' -- on ``device`` (a
+    ``torch.device``): None where it runs at speed, else a :class:`Limitation`. Training (``train.amp``,
+    ``train.compile``) and inference (``--bf16``, ``--half``, ``--compile``) both ask here and state the reason under
+    their own option name.
+
+    One policy for both. A request that cannot run here, or not with the result it asks for, is refused: fp16 on a
+    CPU (its fp16 convolutions are slow and inexact), bf16 on a GPU without it, compile without a working compiler.
+    A request that runs correctly but slower than fp32 -- bf16 on a CPU without native bf16 (AVX512-BF16 or AMX),
+    which PyTorch emulates -- runs as asked, with one warning naming the option and the fix. It is run rather than
+    refused because its result is the one asked for: the numerics of a bf16 recipe meant for a GPU, or the bf16
+    accuracy of a fast form, can be checked on such a CPU only this way (the tests do so on AVX2 machines), and a run
+    that is merely slow is not wrong; the warning says what it costs and how to get fp32's speed. Choices made for
+    the user (``amp: auto``) never pick a precision this answers for.
+    """
+    if request == 'compile':
+        problem = compile_problem(device, trial=True)
+        return Limitation(problem, slow=False) if problem else None
+    if request not in ('fp32', 'bf16', 'fp16'):
+        raise ValueError(f'{request!r} is not a precision (fp32, bf16, fp16) or compile')
+    if request == 'fp16' and device.type == 'cpu':
+        return Limitation('CPU fp16 convs are slow and inexact', slow=False)
+    if request == 'bf16' and not bf16_native(device):
+        if device.type == 'cpu':
+            return Limitation('this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs several times slower '
+                              'than fp32 here', slow=True)
+        return Limitation(f'bf16 is not supported by {torch.cuda.get_device_name(device)}', slow=False)
+    return None
+
+
 def check_runtime(device, precision='fp32', compile=False):
-    """``torch.device`` for ``device`` ('cpu', 'cuda', 'cuda:N'), after checking that it exists and that
-    ``precision`` and ``compile`` work on it; raises :class:`RuntimeProblem` naming the flag and the fix."""
+    """``torch.device`` for ``device`` ('cpu', 'cuda', 'cuda:N'), after checking that it exists and what
+    :func:`limitation` says of ``precision`` and ``compile`` on it: raises :class:`RuntimeProblem` naming the flag and
+    the fix for what cannot run; logs one warning line (logger ``lwsr_plugin``) for what runs, only slower."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -56,21 +97,29 @@ def check_runtime(device, precision='fp32', compile=False):
                                  f'cuda:{count - 1}); use one of those or --device cpu.')
     elif dev.type != 'cpu':
         raise RuntimeProblem(f'--device {device}: only cpu and cuda devices are supported; use cpu or cuda:N.')
-    if precision == 'fp16' and dev.type == 'cpu':
-        raise RuntimeProblem('--half: float16 inference needs a CUDA device (CPU fp16 convs are slow and '
-                             'inexact); use --bf16 on CPU, or --device cuda.')
-    if precision == 'bf16' and dev.type == 'cpu' and not bf16_native(dev):
-        raise RuntimeProblem('--bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 runs several times '
-                             'slower than fp32 here; drop --bf16 (fp32 is the fast path on this CPU).')
-    if compile:
-        problem = compile_problem(dev)
-        if problem:
-            raise RuntimeProblem(f'--compile: {problem}; drop --compile (the fast eager forms need no compiler).')
+    limit = limitation(dev, precision)
+    if limit and precision == 'fp16':
+        raise RuntimeProblem(f'--half: float16 inference needs a CUDA device ({limit.reason}); use --bf16 on CPU, or '
+                             '--device cuda.')
+    if limit and not limit.slow:
+        raise RuntimeProblem(f'--bf16: {limit.reason}; use --half, or --device cpu.')
+    if limit:
+        logging.getLogger('lwsr_plugin').warning(f'--bf16: {limit.reason}; drop --bf16 (fp32 is the fast path on '
+                                                 'this CPU).')
+    limit = limitation(dev, 'compile') if compile else None
+    if limit:
+        raise RuntimeProblem(f'--compile: {limit.reason}; drop --compile (the fast eager forms need no compiler).')
     return dev
 
 
-def compile_problem(dev):
-    """Why ``torch.compile`` cannot run on ``dev`` here, or None."""
+_TRIALS = {}  # str(device) -> '' or why a compiled test function failed there
+
+
+def compile_problem(dev, trial=False):
+    """Why ``torch.compile`` cannot run on ``dev`` here, or None: torch.compile and TorchDynamo present, a C++
+    compiler (CPU backend) or Triton (CUDA backend) found. ``trial`` also compiles and runs a tiny function, once per
+    device and process (about 2 s on a CPU), which finds what those checks cannot see (a compiler that cannot build,
+    missing headers); a compile request (:func:`limitation`) takes it, the fast forms' own kernels do not."""
     if not hasattr(torch, 'compile'):
         return f'this PyTorch ({torch.__version__}) has no torch.compile'
     try:
@@ -92,4 +141,19 @@ def compile_problem(dev):
             return 'its CUDA backend needs Triton, which this PyTorch cannot find'
         if not has_triton():
             return 'its CUDA backend needs Triton (pip install triton)'
-    return None
+    if trial and str(dev) not in _TRIALS:
+        _TRIALS[str(dev)] = _compile_trial(dev)
+    return (_TRIALS[str(dev)] if trial else '') or None
+
+
+def _compile_trial(dev):
+    """'' when a tiny compiled function runs on ``dev`` and gives the eager result, else why not."""
+    try:
+        fn = torch.compile(lambda x: torch.nn.functional.relu(x) * 2 + 1)
+        out = fn(torch.ones(4, device=dev))
+        if not torch.equal(out.cpu(), torch.full((4, ), 3.0)):
+            return 'a compiled test function gave a wrong result'
+    except Exception as err:  # inductor reports a missing compiler / triton in many exception types
+        text = str(err).strip()
+        return f'{type(err).__name__}: {text.splitlines()[0][:200] if text else ""}'
+    return ''

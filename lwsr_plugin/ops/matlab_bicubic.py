@@ -1,13 +1,16 @@
-"""MATLAB-compatible bicubic resize as a differentiable, batched torch op.
+"""MATLAB-compatible bicubic resize: the kernel taps of MATLAB's ``imresize(..., 'bicubic')``, computed once here,
+and the resizes built on them (a differentiable, batched torch op and MATLAB's uint8 path for numpy images).
 
 IDN (Hui et al., CVPR 2018, ``../shared/papers/001_*``) adds ``U(x)``, the bicubic upsampling of the LR input, to the
 RBlock output (eq. 3). The released weights were trained against MATLAB's ``imresize(..., 'bicubic')``, whose cubic
 kernel has a = -0.5 and which mirrors the image at its borders; ``torch.nn.functional.interpolate(mode='bicubic')``
 uses a = -0.75 and replicates borders, which costs 0.57 / 0.24 / 0.15 dB at x2 / x3 / x4 with those weights.
 
-The resize is separable and linear, so each axis is one dense ``(out_len, in_len)`` matrix: the kernel taps of every
-output pixel, normalised to sum 1 and folded back onto the image by symmetric mirroring (MATLAB's ``contributions``).
-``out = W_h @ x @ W_w^T`` then runs in batch on any device, and autograd differentiates it for free.
+The resize is separable and linear. :func:`axis_taps` gives, per axis, the weights of every output pixel normalised
+to sum 1 and the source pixels folded back onto the image by symmetric mirroring (MATLAB's ``contributions``). The
+torch op scatters them into one dense ``(out_len, in_len)`` matrix per axis, so ``out = W_h @ x @ W_w^T`` runs in
+batch on any device and autograd differentiates it for free; :func:`imresize_uint8` applies them pass by pass;
+:func:`phase_kernels` reads the integer-upscale taps off the same matrix.
 """
 import functools
 import math
@@ -25,12 +28,24 @@ def _cubic(x):
     return near + far
 
 
+def fold_indices(idx, in_len):
+    """0-based pixel indices, inside or outside ``[0, in_len)``, mapped onto the axis by MATLAB's symmetric border
+    (``aux = [1:in_len, in_len:-1:1]``: 1 2 3 | 3 2 1 | 1 2 3 ...), which repeats the edge pixel."""
+    period = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    return period[np.mod(idx, 2 * in_len)]
+
+
 @functools.lru_cache(maxsize=64)
-def resize_matrix(in_len, out_len, scale, antialias=True):
-    """Dense float64 matrix ``(out_len, in_len)`` of MATLAB's bicubic resize along one axis (numpy, cached).
+def axis_taps(in_len, out_len, scale, antialias=True):
+    """MATLAB ``imresize``'s ``contributions`` for one axis: the bicubic taps of every output pixel.
 
     ``scale`` is the factor MATLAB would use (it is not ``out_len / in_len`` when the size was rounded up). For
     ``scale < 1`` and ``antialias`` the kernel is stretched by ``1 / scale`` (MATLAB's default antialiasing).
+
+    Returns:
+        tuple[ndarray, ndarray]: float64 weights (out_len, taps), each row normalised to sum 1, and int64 0-based
+        source indices (out_len, taps) folded onto ``[0, in_len)`` by symmetric mirroring. Tap columns that are
+        zero in every row are dropped, as MATLAB's ``kill`` step does. Cached and shared: do not modify in place.
     """
     kernel_width = 4.0
     stretch = scale < 1 and antialias
@@ -45,11 +60,20 @@ def resize_matrix(in_len, out_len, scale, antialias=True):
     dist = u[:, None] - idx
     weights = scale * _cubic(dist * scale) if stretch else _cubic(dist)
     weights = weights / weights.sum(axis=1, keepdims=True)
-    # symmetric mirroring (1 2 3 | 3 2 1 | 1 2 3 ...), MATLAB's aux = [1:in_len, in_len:-1:1]
-    period = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    src = period[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    src = fold_indices(idx.astype(np.int64) - 1, in_len)
+    keep = np.any(weights != 0, axis=0)
+    weights, src = weights[:, keep], src[:, keep]
+    weights.flags.writeable = src.flags.writeable = False
+    return weights, src
+
+
+@functools.lru_cache(maxsize=64)
+def resize_matrix(in_len, out_len, scale, antialias=True):
+    """Dense float64 matrix ``(out_len, in_len)`` of MATLAB's bicubic resize along one axis: the :func:`axis_taps`
+    of each output pixel scattered onto its row, taps folded onto the same source pixel summed (numpy, cached)."""
+    weights, src = axis_taps(in_len, out_len, scale, antialias)
     mat = np.zeros((out_len, in_len), dtype=np.float64)
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), src.ravel()), weights.ravel())
+    np.add.at(mat, (np.repeat(np.arange(out_len), src.shape[1]), src.ravel()), weights.ravel())
     return mat
 
 
@@ -93,13 +117,47 @@ def imresize(x, scale=None, size=None, antialias=True):
     return torch.matmul(torch.matmul(mat_h, x), mat_w.t())
 
 
+def _resize_axis_uint8(img, scale, axis, taps, half_away):
+    """One pass of MATLAB's ``resizeAlongDim`` on uint8 data: the taps summed left to right in float64 per output
+    pixel, the result converted back to uint8."""
+    in_len = img.shape[axis]
+    weights, src = taps(in_len, math.ceil(in_len * scale), float(scale))
+    shape = [1] * img.ndim
+    shape[axis] = -1
+    pixels = img.astype(np.float64)
+    out = 0.
+    for k in range(src.shape[1]):
+        out = out + np.take(pixels, src[:, k], axis=axis) * weights[:, k].reshape(shape)
+    # floor(x + 0.5) rounds halves away from zero only for x >= 0, and the clip sends every x < 0 to 0 anyway
+    out = np.floor(out + 0.5) if half_away else np.round(out)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def imresize_uint8(img, scale, taps=axis_taps, half_away=False):
+    """MATLAB ``imresize(img, scale, 'bicubic')`` on a uint8 HW or HWC numpy image, as MATLAB runs it on uint8 data:
+    one float64 pass per axis, rows first (MATLAB starts with the axis of the smaller scale, the first one on a tie),
+    the result stored as uint8 after each pass. Output side = ceil(side * scale); antialiased when shrinking.
+
+    Args:
+        img (ndarray): uint8 (H, W) or (H, W, C).
+        scale (float): Scale factor for both axes (< 1 shrinks).
+        taps (callable): ``taps(in_len, out_len, scale)`` -> (weights, folded 0-based indices) of one axis.
+            Default: :func:`axis_taps`, MATLAB's float64 ``contributions``.
+        half_away (bool): Round halves away from zero, as MATLAB's conversion to uint8 does; with the default
+            ``taps`` the output is then MATLAB's own (the Set5 and Set14 LR files at x2 / x3 / x4 on every pixel).
+            Default: False, NumPy's half-to-even, which keeps the LMDBs and LR files of the data preparation's
+            ``matlab`` mode reproducible; halves are common at x2 and x4, whose weights have power-of-two denominators.
+    """
+    first = _resize_axis_uint8(img, scale, 0, taps, half_away)
+    return _resize_axis_uint8(first, scale, 1, taps, half_away)
+
+
 def phase_kernels(scale):
     """(scale, 6) float64 taps of MATLAB's bicubic upsampling by an integer ``scale``: output pixel ``scale*m + p``
-    (0-based) reads input pixels ``m-3 .. m+2`` with row ``p``. They depend on the phase only, not on the length."""
-    k = np.arange(-2, 4, dtype=np.float64)
-    centre = (np.arange(scale, dtype=np.float64) + 0.5) / scale + 0.5  # 1-based coordinate minus m, per phase
-    taps = _cubic(centre[:, None] - k[None, :])
-    return taps / taps.sum(axis=1, keepdims=True)
+    (0-based) reads input pixels ``m-3 .. m+2`` with row ``p``. They depend on the phase only, not on the length, so
+    they are the rows of input pixel 3 of a 7-pixel axis, the first one whose reach crosses no border."""
+    scale = int(scale)
+    return resize_matrix(7, 7 * scale, float(scale), False)[3 * scale:4 * scale, :6].copy()
 
 
 def _upsample_axis(x, kernel, scale):
@@ -114,7 +172,7 @@ def _upsample_axis(x, kernel, scale):
 
 def upsample_integer(x, scale):
     """MATLAB ``imresize(x, scale, 'bicubic')`` for an integer ``scale`` >= 1 and sides >= 3, as two stride-free
-    convolutions with fixed phase taps. Equal to :func:`imresize` (dense matrices) to float rounding, but without
+    convolutions with fixed phase taps. The taps of :func:`imresize`'s matrices, summed in another order, but without
     size-dependent constants, so it traces and exports to ONNX with dynamic H/W and costs O(HW) rather than O(H²W)."""
     shape = x.shape
     flat = x.reshape(-1, 1, shape[-2], shape[-1])

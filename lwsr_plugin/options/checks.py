@@ -421,9 +421,12 @@ def _check_batch(opt, label, ds, n_pairs):
     the incomplete last batch, then "trains" 0 iterations and saves an untrained network."""
     world = int(os.environ.get('WORLD_SIZE', '1') or 1)
     num_gpu = opt.get('num_gpu', 1)
-    accumulate = (opt.get('train') or {}).get('accumulate', 1)
-    accumulate = accumulate if isinstance(accumulate, int) and accumulate > 1 else 1  # bad values: fast_training
-    per_gpu = ds.get('batch_size_per_gpu', 1) * accumulate  # the loader's batch (training_state.apply_accumulate)
+    from lwsr_plugin.models.training_options import TrainingOptionError, accumulate_steps
+    try:
+        accumulate = accumulate_steps(opt.get('train') or {})
+    except TrainingOptionError:  # refused with its fix by the model's option check or apply_accumulate
+        accumulate = 1
+    per_gpu = ds.get('batch_size_per_gpu', 1) * accumulate  # the loader's batch (lwsr_model.apply_accumulate)
     batch = per_gpu * world if world > 1 else per_gpu * max(num_gpu if isinstance(num_gpu, int) else 1, 1)
     ratio = ds.get('dataset_enlarge_ratio', 1)
     if n_pairs * ratio < batch:

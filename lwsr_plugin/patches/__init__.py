@@ -40,7 +40,7 @@ from basicsr.utils import dist_util as _dist_util  # noqa: E402
 from basicsr.utils import logger as _logger  # noqa: E402
 from basicsr.utils import options as _options  # noqa: E402
 
-from . import checkpoints, distributed, pipeline, resume  # noqa: E402
+from . import budget, checkpoints, distributed, pipeline, resume  # noqa: E402
 
 _PATCHED = '_lwsr_plugin_patched'
 
@@ -72,6 +72,7 @@ def apply():
     import basicsr.train as train_mod
     train_mod.load_resume_state = checkpoints.load_resume_state
     resume.install()  # exact resume and the keyed data stream; wraps the load_resume_state just set
+    budget.install()  # passes through unless a budget is active
     for mod in (train_mod, test_mod):
         mod.parse_options = parse_options
         mod.get_root_logger = pipeline.wrap_get_root_logger(_logger.get_root_logger)
