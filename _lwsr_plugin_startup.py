@@ -75,8 +75,10 @@ class _BasicsrLoader(importlib.abc.Loader):
 # Modules of the plugin that import neither torch nor BasicSR at module level: command entry points and the data
 # preparation tools answer --help and check their arguments without them. Importing any other plugin module first
 # registers the whole plugin, before that module runs (see LwsrPluginFinder).
-_LIGHT = ('lwsr_plugin.registration', 'lwsr_plugin.version', 'lwsr_plugin.options', 'lwsr_plugin.entry',
-          'lwsr_plugin.train', 'lwsr_plugin.test', 'lwsr_plugin.cli', 'lwsr_plugin.data')
+_LIGHT = ('lwsr_plugin.registration', 'lwsr_plugin.version', 'lwsr_plugin.options', 'lwsr_plugin.options.shipped',
+          'lwsr_plugin.options.keys', 'lwsr_plugin.options.workers',
+          'lwsr_plugin.fileio', 'lwsr_plugin.entry', 'lwsr_plugin.train', 'lwsr_plugin.test', 'lwsr_plugin.cli',
+          'lwsr_plugin.data', 'lwsr_plugin.spandrel_arches')
 
 
 def needs_registration(fullname):

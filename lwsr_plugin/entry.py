@@ -19,7 +19,8 @@ import contextlib
 import os
 import sys
 
-from lwsr_plugin.options import OptionError, load_yaml, opt_path, output_root, present_datasets_only
+from lwsr_plugin.options import OptionError, load_yaml, opt_path, output_root, present_datasets_only, resolve_shipped
+from lwsr_plugin.options.shipped import shipped_dir
 
 PIPELINES = {'train': 'basicsr.train:train_pipeline', 'test': 'basicsr.test:test_pipeline'}
 
@@ -66,13 +67,12 @@ PAPER_TABLES = ('Measure every IDN Table 2/3 and IMDN Table 5 cell through the s
 
 def _paper_table_arguments(group):
     """The arguments of ``lwsr-test --paper-tables`` (:mod:`lwsr_plugin.metrics.paper_tables`), on ``group``."""
-    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
     group.add_argument('--paper-tables', action='store_true', help='measure the tables (with the arguments below)')
     group.add_argument('--out', default='docs/paper_tables.md', help='markdown file to write (default: %(default)s)')
     group.add_argument('--root', default='.', help='folder holding datasets/ and experiments/pretrained_models/ '
                        '(default: the working directory)')
-    group.add_argument('--options', default=shipped if os.path.isdir(shipped) else 'options',
-                       help='folder of the test option files (default: the repository\'s options/)')
+    group.add_argument('--options', default=shipped_dir() or 'options',
+                       help='folder of the test option files (default: the shipped ones, %(default)s)')
     group.add_argument('--sets', default='Set5,Set14,BSD100,Urban100,Manga109',
                        help='comma-separated (default: %(default)s)')
     group.add_argument('--scales', default='2,3,4', help='comma-separated (default: %(default)s)')
@@ -92,8 +92,9 @@ def _is_rank0():
 def run(kind, argv=None, default_root=None, default_source='the working directory', prog=None):
     """Run BasicSR's ``kind`` pipeline ('train' or 'test') as described in the module docstring.
 
-    ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). A test run leaves out the test sets whose
-    folders are absent (``options.present_datasets_only``); ``--paper-tables`` runs :mod:`lwsr_plugin.metrics.paper_tables`
+    ``argv`` replaces ``sys.argv[1:]`` (BasicSR parses ``sys.argv``). ``-opt NAME`` of a file that is not here but
+    shipped runs the shipped file (``options.resolve_shipped``). A test run leaves out the test sets whose folders
+    are absent (``options.present_datasets_only``); ``--paper-tables`` runs :mod:`lwsr_plugin.metrics.paper_tables`
     instead. Returns the exit status.
     """
     if argv is not None:
@@ -106,6 +107,14 @@ def run(kind, argv=None, default_root=None, default_source='the working director
         tables = paper_tables_parser(prog).parse_args(args)
         from lwsr_plugin.metrics.paper_tables import measure
         return measure(tables, f'{prog} ' + ' '.join(args), prog)
+    given = opt_path(args)
+    try:
+        shipped = resolve_shipped(sys.argv)  # before anything reads the file: BasicSR re-reads -opt from sys.argv
+    except OptionError as err:
+        _refuse(f'lwsr_plugin: {err}')
+    if shipped is not None and _is_rank0():
+        print(f'lwsr_plugin: using the shipped option file {shipped} (-opt {given}: no such file in {os.getcwd()}).',
+              flush=True)
     if kind == 'test':
         datasets = present_datasets_only(sys.argv)  # points -opt at a copy without the absent sets
     else:
@@ -115,8 +124,33 @@ def run(kind, argv=None, default_root=None, default_source='the working director
 
 
 def _refuse(message):
-    print(message, file=sys.stderr)
+    _last_line(message)
     sys.exit(2)
+
+
+def _last_line(message):
+    """Print a refused or stopped run's one line as the last output of this process (see ``_quiet_exit``)."""
+    sys.stdout.flush()  # what was written so far goes out before the line, not after it at exit
+    print(message, file=sys.stderr, flush=True)
+    _quiet_exit()
+
+
+def _quiet_exit():
+    """After a process's one-line failure, what runs at exit writes to /dev/null: the process group's teardown
+    (gloo/nccl warnings, ``patches.distributed``'s exit handler), BasicSR's logger, progress bars, warnings and C++
+    destructors at interpreter shutdown. The line then ends each rank's output, where ``torchrun ... 2>&1 | grep
+    lwsr_plugin`` or the tail of a rank's log finds it, above torchrun's own ``ChildFailedError``."""
+
+    def silence():
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):  # file descriptors, not sys.stdout/stderr: C++ and spawned writers use them too
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+        os.close(devnull)
+
+    import atexit
+    # registered now, so it runs before the exit handlers registered earlier (atexit calls the last one first)
+    atexit.register(silence)
 
 
 def _run(kind, args, default_root, default_source):
@@ -137,7 +171,12 @@ def _run(kind, args, default_root, default_source):
     root, source = output_root(opt, default_root or os.getcwd(), default_source)
 
     from lwsr_plugin.patches.pipeline import atomic_result_images, guard_dataset_reads, run_settings
-    check_cli_options(args, opt, kind)
+    sys.stdout.flush()  # a refusal's line (printed by the check) comes after everything written so far
+    try:
+        check_cli_options(args, opt, kind)
+    except SystemExit:
+        _quiet_exit()
+        raise
     note = f'lwsr_plugin: outputs (experiments/, tb_logger/, results/) under {root} (from {source}).'
     if _is_rank0():
         print(note, flush=True)
@@ -149,11 +188,16 @@ def _run(kind, args, default_root, default_source):
     try:
         with run_settings(root_note=note, kind=kind):
             pipeline(root)
+    except SystemExit as err:  # a rank's own one line (e.g. the process group could not form), printed at exit
+        if err.code not in (None, 0):
+            sys.stdout.flush()
+            _quiet_exit()
+        raise
     except Exception as err:  # noqa: BLE001  (every failure becomes one line; --debug shows the stack)
         if '--debug' in args or os.environ.get('LWSR_DEBUG', '') not in ('', '0'):
             raise
-        print(f'lwsr_plugin: {"training" if kind == "train" else "testing"} stopped: {one_line(err)} '
-              '(the same command with --debug shows the traceback)', file=sys.stderr)
+        _last_line(f'lwsr_plugin: {"training" if kind == "train" else "testing"} stopped: {one_line(err)} '
+                   '(the same command with --debug shows the traceback)')
         return 1
     return 0
 

@@ -9,14 +9,16 @@
   ``.safetensors`` read and written (:func:`save_safetensors`), any network file read weights-only with its tensors
   checked (:func:`read_state_dict`), and whether a state dict fits a network (:func:`checkpoint_mismatch`,
   :func:`load_state_dict_checked`).
+* **Integrity seals**: every checkpoint, training state and safetensors file written here carries the SHA-256 of its
+  own bytes (:func:`seal`); reading verifies it (:func:`check_seal`), so a flipped byte is refused in one line.
 """
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import socket
-
-import torch
+import struct
 
 # <base>.tmp-<pid>[-<tag>]@<host>[<suffix>] (and .old-: a folder moved aside). Earlier versions of the plugin wrote
 # <base>.tmp-<pid>[<suffix>] / <base>.old-<pid> without a host, and <base>.tmp-<host>-<pid>-<8 hex> (the in-memory
@@ -57,8 +59,8 @@ def _stale(match, own_host):
 
 def remove_stale_temps(path, siblings=None):
     """Delete the leftovers of killed writers beside ``path``: ``<path>.tmp-...`` / ``<path>.old-...`` files and
-    folders whose process no longer exists on this host. ``siblings`` (a name suffix such as ``'.lmdb'``) also clears
-    the leftovers of every other such output in the folder."""
+    folders whose process no longer exists on this host. ``siblings`` (a name suffix such as ``'.lmdb'``, or ``''``
+    for every name) also clears the leftovers of every other such output in the folder."""
     folder, name = os.path.split(os.path.abspath(os.fspath(path)))
     try:
         entries = os.listdir(folder)
@@ -67,7 +69,7 @@ def remove_stale_temps(path, siblings=None):
     host = socket.gethostname()
     for entry in entries:
         m = _TEMP_RE.fullmatch(entry)
-        if m is None or not (m.group('base') == name or (siblings and m.group('base').endswith(siblings))):
+        if m is None or not (m.group('base') == name or (siblings is not None and m.group('base').endswith(siblings))):
             continue
         if _stale(m, host):
             full = os.path.join(folder, entry)
@@ -114,7 +116,7 @@ def atomic_target(path, suffix='', fsync=True):
     ``path``; on any error, or a kill, nothing half-written is ever under ``path`` and the temp file is removed (or,
     after a kill, by the next writer of ``path``)."""
     path = os.fspath(path)
-    remove_stale_temps(path)
+    remove_stale_temps(path, siblings='')  # a killed save of any file here (a checkpoint, an image, ONNX) too
     tmp = temp_name(path, suffix)
     try:
         yield tmp
@@ -130,6 +132,134 @@ def write_text_atomic(path, text):
     """``text`` (UTF-8, newlines as given) to ``path`` through ``atomic_target``."""
     with atomic_target(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
         f.write(text)
+
+# ------------------------------------------------------------------------------------------------ integrity seals
+# Every checkpoint, training state and safetensors file the plugin writes carries the SHA-256 of its own bytes, so a
+# flipped byte anywhere (bit rot, an interrupted copy, a bad disk) is refused on load instead of giving other
+# weights. Zip files (torch.save: .pth, .state) keep it as the archive comment, which torch.load and BasicSR ignore;
+# safetensors files as the metadata entry ``lwsr_sha256``. Files without a seal (official releases, files written
+# by BasicSR or by older versions of the plugin) load as before.
+SEAL_KEY = 'lwsr_sha256'
+_SEAL_TAG = SEAL_KEY.encode() + b':'
+_EOCD = b'PK\x05\x06'  # zip's end-of-central-directory record; its last field is the comment length
+_PLACEHOLDER = '0' * 64
+
+
+class DamagedFileError(ValueError):
+    """A sealed file whose bytes no longer match its seal; the message names the file and what to do."""
+
+
+def _sha256_of(path, skip=None, start=0, end=None):
+    """SHA-256 of bytes ``start:end`` of ``path``, with the span ``skip`` = (offset, length) read as '0's."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as fh:
+        fh.seek(start)
+        pos, end = start, os.path.getsize(path) if end is None else end
+        while pos < end:
+            chunk = fh.read(min(1 << 22, end - pos))
+            if not chunk:
+                break
+            if skip is not None and pos < skip[0] + skip[1] and skip[0] < pos + len(chunk):
+                lo, hi = max(skip[0] - pos, 0), min(skip[0] + skip[1] - pos, len(chunk))
+                chunk = chunk[:lo] + b'0' * (hi - lo) + chunk[hi:]
+            digest.update(chunk)
+            pos += len(chunk)
+    return digest.hexdigest()
+
+
+def _zip_seal_span(path):
+    """``(comment offset, comment bytes)`` of a zip file's archive comment, or None when the file ends in no
+    end-of-central-directory record that accounts for its last bytes."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as fh:
+        fh.seek(max(size - (22 + len(_SEAL_TAG) + 64 + 16), 0))
+        tail = fh.read()
+    at = tail.rfind(_EOCD)
+    if at < 0 or at + 22 > len(tail):
+        return None
+    length = struct.unpack('<H', tail[at + 20:at + 22])[0]
+    if at + 22 + length != len(tail):
+        return None
+    return size - length, tail[at + 22:]
+
+
+def _safetensors_seal_span(path):
+    """``(offset of the seal's hex digest, digest, key)`` in a safetensors header, or None for a file without one. A
+    metadata key one character away from the seal's is returned too (``key`` then differs): a flipped byte there must
+    not make a sealed file look unsealed."""
+    import json
+    with open(path, 'rb') as fh:
+        head = fh.read(8)
+        n = struct.unpack('<Q', head)[0] if len(head) == 8 else 0
+        header = fh.read(min(n, 1 << 24))
+    try:
+        metadata = json.loads(header).get('__metadata__') or {}
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None  # not a safetensors header: the loader refuses the file
+    for key, value in metadata.items():
+        if key == SEAL_KEY or (len(key) == len(SEAL_KEY) and sum(a != b for a, b in zip(key, SEAL_KEY)) == 1):
+            at = header.find(json.dumps({key: value}, separators=(',', ':'))[1:-1].encode())
+            start = at + len(f'"{key}":"'.encode()) if at >= 0 else -1
+            return 8 + start, str(value), key
+    return None
+
+
+def seal(path):
+    """Write the SHA-256 of ``path``'s bytes into it: a zip file (``torch.save``) gets it as its archive comment; a
+    safetensors file written with ``{SEAL_KEY: '0' * 64}`` in its metadata gets the placeholder filled in (the same
+    length, so no offset moves). Called on the temporary file, before it is renamed into place."""
+    if str(path).endswith('.safetensors') or _zip_seal_span(path) is None:
+        span = _safetensors_seal_span(path)
+        if span is None or span[1] != _PLACEHOLDER or span[0] < 8:
+            raise ValueError(f'{path}: neither a zip file nor a safetensors file with a seal placeholder')
+        digest = _sha256_of(path, skip=(span[0], 64))
+        with open(path, 'r+b') as fh:
+            fh.seek(span[0])
+            fh.write(digest.encode())
+        return digest
+    offset, comment = _zip_seal_span(path)
+    if comment:
+        raise ValueError(f'{path}: the zip file already has a comment')
+    length = len(_SEAL_TAG) + 64
+    with open(path, 'r+b') as fh:
+        fh.seek(offset - 2)
+        fh.write(struct.pack('<H', length))
+    digest = _sha256_of(path)
+    with open(path, 'ab') as fh:
+        fh.write(_SEAL_TAG + digest.encode())
+    return digest
+
+
+def check_seal(path):
+    """True when ``path`` carries a seal that matches its bytes, False when it has none (official releases, older
+    files); :class:`DamagedFileError` (one line) when the seal does not match or is itself damaged."""
+    span = _zip_seal_span(path)
+    if span is not None:
+        offset, comment = span
+        if not comment:
+            return False  # torch.save writes no archive comment: an unsealed zip
+        # any other comment is a seal hit by a flipped byte: torch.save never writes one
+        if comment.startswith(_SEAL_TAG) and _sha256_of(path, end=offset) == comment[len(_SEAL_TAG):].decode('latin-1'):
+            return True
+    else:
+        found = _safetensors_seal_span(path)
+        if found is None and not _damaged_seal_tail(path):
+            return False
+        if found is not None and found[2] == SEAL_KEY and found[0] >= 8 and \
+                _sha256_of(path, skip=(found[0], 64)) == found[1]:
+            return True
+    raise DamagedFileError(f'{path}: damaged: its bytes no longer match the SHA-256 written into it when it was saved '
+                           '(bit rot, an interrupted copy or a bad disk). Use another copy, or an earlier checkpoint '
+                           'of the same run.')
+
+
+def _damaged_seal_tail(path):
+    """The file ends in what looks like a zip seal whose record no longer parses (e.g. its length field was hit)."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as fh:
+        fh.seek(max(size - 200, 0))
+        return _SEAL_TAG in fh.read()
+
 
 class CheckpointWriteError(SystemExit):
     """A checkpoint that could not be written (disk full, quota, I/O error). A ``SystemExit`` because BasicSR's save
@@ -151,15 +281,18 @@ def _write_failure(path, err):
 
 
 def atomic_save(obj, f, *args, **kwargs):
-    """``torch.save`` to a temp file renamed into place: a process killed while saving never leaves a truncated file
-    under the final name, and the leftovers of killed saves beside it are removed. A failed write (full disk) raises
-    ``CheckpointWriteError`` (one line); the previous file under the final name stays as it was."""
+    """``torch.save`` to a temp file, sealed (:func:`seal`) and renamed into place: a process killed while saving never
+    leaves a truncated file under the final name, and the leftovers of killed saves beside it are removed. A failed
+    write (full disk) raises ``CheckpointWriteError`` (one line); the previous file under the final name stays as it
+    was."""
+    import torch
     if not isinstance(f, (str, os.PathLike)):
         return torch.save(obj, f, *args, **kwargs)
     f = os.fspath(f)
     try:
         with atomic_target(f) as tmp:
             torch.save(obj, tmp, *args, **kwargs)
+            seal(tmp)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as RuntimeError('unexpected pos')
         raise _write_failure(f, err) from None
 
@@ -188,14 +321,16 @@ def _safetensors_complete(path):
 
 
 def save_safetensors(tensors, path, metadata=None):
-    """``safetensors.torch.save_file`` to a temp name renamed into place (never a truncated file under ``path``); a
-    failed write raises ``CheckpointWriteError`` as ``atomic_save`` does."""
+    """``safetensors.torch.save_file`` to a temp name, sealed (:func:`seal`) and renamed into place (never a truncated
+    file under ``path``); a failed write raises ``CheckpointWriteError`` as ``atomic_save`` does."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
     path = os.fspath(path)
     try:
         with atomic_target(path, fsync=False) as tmp:  # fsynced below, before the completeness check
-            save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+            save_file(tensors, tmp, metadata={**{k: str(v) for k, v in (metadata or {}).items()},
+                                              SEAL_KEY: _PLACEHOLDER})
+            seal(tmp)
             fsync_file(tmp)
             if not _safetensors_complete(tmp):
                 raise OSError(28, 'the file is shorter than its header says (No space left on device?)')
@@ -236,6 +371,7 @@ def _one_line(err, limit=160):
 def _check_tensors(load_path, state):
     """The loaded object must be a flat {name: tensor} dict of finite values (a diverged run saves NaN weights that
     would silently give black images or NaN losses)."""
+    import torch
     if not isinstance(state, dict) or not state:
         raise ValueError(f'{load_path}: holds {type(state).__name__ if state is not None else "nothing"}, not a '
                          'state dict of tensors. Give a BasicSR .pth / .safetensors network file.')
@@ -255,8 +391,11 @@ def read_state_dict(load_path, param_key='params'):
     """The state dict in a checkpoint: under ``param_key`` (BasicSR's files), ``params``, or the root of a plain state
     dict (official releases); ``module.`` prefixes stripped. ``.pth`` files are read weights-only whatever
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit ``weights_only=True`` wins over it: no code in a pickle
-    runs); ``.safetensors`` files as the plugin writes them. Damaged files, non-tensor contents and NaN/Inf weights
-    raise ValueError with one line. Returns (state_dict, key used)."""
+    runs); ``.safetensors`` files as the plugin writes them. A sealed file is checked against its seal first. Damaged
+    files, non-tensor contents and NaN/Inf weights raise ValueError with one line. Returns (state_dict, key used)."""
+    import torch
+    if os.path.isfile(load_path):
+        check_seal(load_path)
     if str(load_path).endswith('.safetensors'):
         load_net, param_key = _read_safetensors(load_path, param_key)
     else:
@@ -307,5 +446,6 @@ def load_state_dict_checked(net, state_dict, strict, label, load_path, assign=Fa
 
 def all_finite(net):
     """True when every floating-point parameter and buffer of ``net`` is finite."""
+    import torch
     return all(bool(torch.isfinite(t).all()) for t in list(net.parameters()) + list(net.buffers())
                if t.is_floating_point())

@@ -3,8 +3,10 @@
 transfers) and image-level handling (RGB, grey, RGBA, 8/16-bit, Y-only models).
 
 ``load_model`` builds a network from an arch name + kwargs or from a BasicSR option file's ``network_g`` and loads a
-checkpoint (BasicSR ``params``/``params_ema`` or a plain official state dict). ``Upscaler`` runs it on numpy images.
+checkpoint (BasicSR ``params``/``params_ema`` or a plain official state dict). ``Upscaler`` runs it on numpy images;
+a tiled image streams band by band into its 8/16-bit output (memory: the output plus one band of tiles).
 """
+import collections
 import inspect
 
 import numpy as np
@@ -12,8 +14,8 @@ import torch
 
 from lwsr_plugin.fast import FastForm, fast_inference_net
 from lwsr_plugin.fast.graphs import GraphForward
-from lwsr_plugin.fast.tiling import (ImageStatistics, InferenceError, self_ensemble, tile_starts,  # noqa: F401
-                                     tile_stat_layers, tiled_forward)
+from lwsr_plugin.fast.tiling import (ImageStatistics, InferenceError, is_tiled, self_ensemble,  # noqa: F401
+                                     stream_tiles, tile_count, tile_starts, tile_stat_layers, tiled_forward)
 from lwsr_plugin.fileio import load_state_dict_checked, read_state_dict
 from lwsr_plugin.ops.device import RuntimeProblem, check_runtime
 from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
@@ -138,22 +140,27 @@ class Upscaler:
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)
 
+    def tile_forwards(self, hw):
+        """Window forwards that ``upscale`` runs on a network input of ``hw`` = (h, w) px, each reported to its
+        ``progress``: tiles x passes (2 with whole-image statistics) x 8 with the ensemble; 0 when untiled."""
+        return tile_count(hw[0], hw[1], self.tile, self.stat_layers) * (8 if self.ensemble else 1)
+
     @torch.inference_mode()
-    def run_tensor(self, x):
-        """(N, C, H, W) float in [0, 1] -> float32 output in [0, 1] on the device."""
+    def run_tensor(self, x, progress=None):
+        """(N, C, H, W) float in [0, 1] -> float32 output in [0, 1] on the device. ``progress``: called with the
+        number of tile windows after each tiled forward."""
         x = self.to_device(x)
 
         def one(t):
             return tiled_forward(self._forward, t, self.scale, self.tile, self.tile_overlap, self.tile_batch,
-                                 self.stat_layers, fixed_batch=self.graphs is not None).float()
+                                 self.stat_layers, fixed_batch=self.graphs is not None, progress=progress).float()
 
         out = self_ensemble(one, x) if self.ensemble else one(x)
         return out.clamp_(0, 1)
 
-    def _run_planes(self, planes):
+    def _run_planes(self, planes, progress=None):
         """HWC float32 [0, 1] with ``self.in_ch`` channels -> HWC float32 output (clamped)."""
-        t = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
-        out = self.run_tensor(t)[0]
+        out = self.run_tensor(_chw(planes), progress)[0]
         if out.is_cuda:  # pinned host buffer: a non-blocking copy, then one wait
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
@@ -161,13 +168,46 @@ class Upscaler:
             out = host
         return out.numpy().transpose(1, 2, 0)
 
-    def upscale(self, img, outscale=None):
+    def _net_input(self, colour):
+        """The network's input planes (HWC float32) from the image's colour planes (BGR or grey, [0, 1]): RGB; Y for
+        a Y-only model (IDN §4.1); grey as R = G = B for an RGB model."""
+        from basicsr.utils.color_util import bgr2ycbcr
+        if self.in_ch == 1 and colour.shape[2] == 3:
+            return bgr2ycbcr(colour)[..., :1]
+        if self.in_ch == 3 and colour.shape[2] == 1:
+            # grey is luma (one convention with evaluation and lwsr-export, docs/evaluation.md): R = G = B in, mean
+            # out; a Y-only model takes it as its Y unchanged
+            return np.repeat(colour, 3, axis=2)
+        return colour[..., ::-1] if colour.shape[2] == 3 else colour  # cv2 order is BGR, the networks take RGB
+
+    def _image_colour(self, out, colour, upsample):
+        """The image's colour planes from the network's output planes ``out`` (HWC float32, [0, 1]) and the input
+        colour planes they came from: a Y-only model's Cb/Cr are the input's, MATLAB-bicubic upsampled by
+        ``upsample`` (planes -> planes at ``out``'s pixels); an RGB model's output on grey is the channel mean."""
+        from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
+        if self.in_ch == 1 and colour.shape[2] == 3:
+            return ycbcr2bgr(np.concatenate([out, upsample(bgr2ycbcr(colour)[..., 1:])], axis=2))
+        if self.in_ch == 3 and colour.shape[2] == 1:
+            return out.mean(axis=2, keepdims=True)
+        return out[..., ::-1] if colour.shape[2] == 3 else out
+
+    def streams(self, hw, outscale=None):
+        """Whether ``upscale`` streams an image of ``hw`` = (h, w) px band by band into its output (a tiled image,
+        without the ensemble or a resize to another size, which need the whole output in float)."""
+        h, w = hw
+        same = outscale is None or (self.scale != 1 and (round(h * outscale), round(w * outscale))
+                                    == (h * self.scale, w * self.scale))
+        return same and not self.ensemble and is_tiled(h, w, self.tile) and min(h, w) >= 3
+
+    def upscale(self, img, outscale=None, progress=None):
         """Upscale a cv2 image (HW grey, HWC BGR or BGRA; uint8 or uint16) by the model's scale, or by ``outscale``
         (IMDN_AS: bicubic to the target size first; other archs: bicubic resize of the SR result). Returns an image of
-        the same kind and dtype."""
-        from basicsr.utils.color_util import bgr2ycbcr, ycbcr2bgr
+        the same kind and dtype. A tiled image streams (``streams``); ``progress``: called with the number of tile
+        windows after each tiled forward (``tile_forwards`` in all)."""
         if img.dtype not in (np.uint8, np.uint16):
             raise InferenceError(f'unsupported pixel type {img.dtype} (8- or 16-bit images only).')
+        if self.streams(img.shape[:2], outscale):
+            return self._upscale_bands(img, progress)
         peak = float(np.iinfo(img.dtype).max)
         f = img.astype(np.float32) / peak
         grey = f.ndim == 2
@@ -181,25 +221,88 @@ class Upscaler:
             target = (max(1, round(h * outscale)), max(1, round(w * outscale)))
             if self.scale == 1:  # any-scale model (IMDN_AS): its input is the LR image resized to the target
                 colour = _resize(colour, target)
-        if self.in_ch == 1 and colour.shape[2] == 3:  # Y-only model: SR on Y, MATLAB bicubic on Cb/Cr (IDN §4.1)
-            ycc = bgr2ycbcr(colour)
-            y = self._run_planes(ycc[..., :1])
-            cbcr = _resize(ycc[..., 1:], y.shape[:2])
-            out = ycbcr2bgr(np.concatenate([y, cbcr], axis=2))
-        elif self.in_ch == 3 and colour.shape[2] == 1:
-            # grey is luma (one convention with evaluation and lwsr-export, docs/evaluation.md): R = G = B in, mean out;
-            # a Y-only model takes it as its Y unchanged (next branch)
-            out = self._run_planes(np.repeat(colour, 3, axis=2)).mean(axis=2, keepdims=True)
-        else:  # cv2 order is BGR, the networks take RGB
-            out = self._run_planes(colour[..., ::-1])[..., ::-1] if colour.shape[2] == 3 else self._run_planes(colour)
+        out = self._run_planes(self._net_input(colour), progress)
+        size = out.shape[:2]
+        out = self._image_colour(out, colour, lambda planes: _resize(planes, size))
         if target is not None and out.shape[:2] != target:
             out = _resize(out, target)
         if alpha is not None:  # alpha is a mask, not a photo: bicubic keeps its edges without SR artefacts
             out = np.concatenate([out, _resize(alpha, out.shape[:2])], axis=2)
-        out = np.multiply(out, peak, dtype=np.float32)  # in-place steps: a 8000x8000 RGB float image is 768 MB
-        np.round(out, out=out)
-        out = np.clip(out, 0, peak, out=out).astype(img.dtype)
+        out = _quantize(out, peak, img.dtype)
         return out[..., 0] if grey else out
+
+    @torch.inference_mode()
+    def _upscale_bands(self, img, progress):
+        """``upscale`` of a tiled image through ``stream_tiles``: the input is converted to float one band of
+        rows at a time, and each core's output goes straight into the 8/16-bit output (Cb/Cr of a Y-only model and
+        alpha upsampled per core), so memory is the output image plus one band of windows, for any image size.
+        Every core is computed as by the whole-image path, so the two give the same bytes."""
+        peak = float(np.iinfo(img.dtype).max)
+        src = img[..., None] if img.ndim == 2 else img
+        h, w, channels = src.shape
+        s = self.scale
+        out = np.empty((h * s, w * s) + img.shape[2:], img.dtype)
+        canvas = out[..., None] if img.ndim == 2 else out
+        needs_lr = channels == 4 or (self.in_ch == 1 and channels == 3)  # Cb/Cr or alpha come from the input
+
+        def lr(r0, r1, c0, c1):  # the input's planes in [0, 1], as the whole-image path computes them
+            return src[r0:r1, c0:c1].astype(np.float32) / peak
+
+        def read_rows(r0, r1):
+            return self.to_device(_chw(self._net_input(lr(r0, r1, 0, w)[..., :3])))
+
+        def finish(y0, y1, x0, x1, sr):
+            # the bicubic upsampling reads 3 LR px beyond a pixel: with them, the core's part of a region's
+            # upsampling is the whole image's
+            r0, r1, c0, c1 = max(y0 - 3, 0), min(y1 + 3, h), max(x0 - 3, 0), min(x1 + 3, w)
+            region = lr(r0, r1, c0, c1) if needs_lr else np.empty((0, 0, channels), np.float32)
+            crop = (slice((y0 - r0) * s, (y1 - r0) * s), slice((x0 - c0) * s, (x1 - c0) * s))
+
+            def upsample(planes):
+                return _resize(planes, (planes.shape[0] * s, planes.shape[1] * s))[crop]
+
+            sr = self._image_colour(sr, region[..., :3], upsample)
+            if channels == 4:
+                sr = np.concatenate([sr, upsample(region[..., 3:])], axis=2)
+            canvas[y0 * s:y1 * s, x0 * s:x1 * s] = _quantize(sr, peak, img.dtype)
+
+        # a CUDA core is copied to pinned host memory without waiting and finished one window batch later, so the
+        # host's work overlaps the next batch's forward
+        lag = self.tile_batch if self.device.type == 'cuda' else 0
+        pending = collections.deque()
+
+        def land(keep):  # finishes the pending cores but the last ``keep``
+            while len(pending) > keep:
+                *box, core, copied = pending.popleft()
+                if copied is not None:
+                    copied.synchronize()
+                finish(*box, core.numpy().transpose(1, 2, 0))
+
+        cores = stream_tiles(self._forward, read_rows, (h, w), 1, s, self.tile, self.tile_overlap, self.tile_batch,
+                             self.stat_layers, fixed_batch=self.graphs is not None, progress=progress)
+        for y0, y1, x0, x1, core in cores:
+            core, copied = core[0].float().clamp_(0, 1), None
+            if core.is_cuda:
+                host = torch.empty(core.shape, dtype=core.dtype, pin_memory=True)
+                host.copy_(core, non_blocking=True)
+                core, copied = host, torch.cuda.Event()
+                copied.record()
+            pending.append((y0, y1, x0, x1, core, copied))
+            land(lag)
+        land(0)
+        return out
+
+
+def _chw(planes):
+    """(1, C, H, W) tensor of HWC numpy planes."""
+    return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+
+
+def _quantize(out, peak, dtype):
+    """Float planes in [0, 1] -> ``dtype`` pixels (x ``peak``, rounded half to even, clipped)."""
+    out = np.multiply(out, peak, dtype=np.float32)  # in-place steps: a 8000x8000 RGB float image is 768 MB
+    np.round(out, out=out)
+    return np.clip(out, 0, peak, out=out).astype(dtype)
 
 
 def _in_channels(net):

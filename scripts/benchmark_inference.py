@@ -1,4 +1,4 @@
-"""Inference speed of every arch's paths against its baseline (issues 7, 15), side by side in one run.
+"""Inference speed of every arch's paths against its baseline, side by side in one run.
 
 Baselines: IMDN's is the official release's forward (NCHW fp32, op for op: its CCA computes the std with
 sum/pow/sum and the mean with adaptive_avg_pool2d, ``torch.cat`` of the block outputs), run here on the same
@@ -10,7 +10,7 @@ inputs), and one 64->64 3x3 channels_last fp32 conv on a map of the LR size, who
 network's rates are given against ("% conv": MACs of the network's convolutions / time / that rate).
 
     python scripts/benchmark_inference.py                          # IMDN x4, 1280x720 output
-    python scripts/benchmark_inference.py --all-archs --repeats 3  # every arch and scale of the issue-15 targets
+    python scripts/benchmark_inference.py --all-archs --repeats 3  # every arch and scale of the fast forms
     python scripts/benchmark_inference.py --archs DRN SLWSR64 --size 160x90 --repeats 3   # smaller LR input
     python scripts/benchmark_inference.py --compile                # adds torch.compile paths (C++ compiler needed)
     python scripts/benchmark_inference.py --device cuda            # GPU: fp16, CUDA graphs, frames/s, peak memory
@@ -22,12 +22,13 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from lwsr_plugin.ops.device import bf16_native, cpu_name
+from lwsr_plugin.ops.device import bf16_native, machine_line
 from lwsr_plugin.inference import Upscaler, _in_channels, load_model, network_options
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -232,9 +233,8 @@ def bench(label, size, repeats, device, compile_):
 def markdown(results, device, repeats, keep_memory=False):
     """The README table: one row per case, ratios of medians to the baseline (of minimums in brackets)."""
     cuda = device.startswith('cuda')
-    lines = [f'Machine: {cpu_name()}, {os.cpu_count()} CPU cores, '
-             f'{torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}'
-             + (f' ({torch.cuda.get_device_name(device)})' if cuda else '') + f'; {repeats} interleaved rounds'
+    lines = [machine_line([__file__] + sys.argv[1:], gpu=device if cuda else None)
+             + f' Device {device}; {repeats} interleaved rounds'
              + ('; glibc keeps freed memory (--keep-memory)' if keep_memory else '')
              + ('' if bf16_native(torch.device(device)) else '; no native bf16 here (bf16 slower than fp32), no bf16 column')
              + '.', '']

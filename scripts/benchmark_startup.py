@@ -1,4 +1,4 @@
-"""Start-up cost of every lwsr_plugin command and of the plugin's registration, as a Markdown table (issue 18).
+"""Start-up cost of every lwsr_plugin command and of the plugin's registration, as a Markdown table.
 
 Each measurement is a fresh interpreter, rounds interleaved so load from other processes hits all alike; median and
 min over ``--repeats`` of the wall time, and the median CPU time (user + system) of the child, which other processes'
@@ -73,6 +73,8 @@ def main(argv=None):
     for _ in rounds:
         for label, cmd, row_env in rows:
             times[label].append(timed(cmd, row_env))
+    from lwsr_plugin.ops.device import machine_line  # torch, after the rounds: the children above never load it
+    print(machine_line([__file__] + (sys.argv[1:] if argv is None else list(argv))))
     print(f'Python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible; wall seconds of a fresh interpreter, '
           f'{args.repeats} interleaved rounds.\n')
     print('| what | wall median s | wall min s | CPU median s |\n|---|---|---|---|')

@@ -1,4 +1,4 @@
-"""Training speed of the plugin against a plain PyTorch loop, side by side in one process (issue 12).
+"""Training speed of the plugin against a plain PyTorch loop, side by side in one process.
 
 Per arch, three paths train the same network (the shipped ``options/train_<arch>.yml``: network, batch size, patch
 size, optimizer, pixel loss) on the same real data, round by round, interleaved, so load from other processes hits
@@ -6,7 +6,7 @@ all alike:
 
 * ``plain``: a plain PyTorch loop, NCHW fp32, the papers' recipe. Its batches are cut from images already in memory
   (no decoding), so this path measures compute alone: the strictest baseline for the other two.
-* ``plugin default``: the option file as shipped before issue 12 (BasicSR's SRModel / TwoStageSRModel, fp32, NCHW)
+* ``plugin default``: the option file on BasicSR's own path (BasicSR's SRModel / TwoStageSRModel, fp32, NCHW)
   with BasicSR's ``PairedImageDataset`` reading the LMDB (a PNG decoded per patch).
 * ``plugin fast``: ``LWSRModel`` (or TwoStageSRModel) with ``amp: auto`` (bf16 where native), ``channels_last``,
   and ``InMemoryPairedImageDataset`` on the same LMDB (``--compile`` adds ``compile: true``).
@@ -303,8 +303,10 @@ def main(argv=None):
         paths, stats = run_arch(arch, args, lmdb_root)
         lines += report(arch, paths, stats, args.device)
         del paths
-    dev = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    print(f'\n{dev}; torch {torch.__version__}; {args.workers} DataLoader workers; {args.rounds} rounds x {args.iters} '
+    from lwsr_plugin.ops.device import machine_line
+    print('\n' + machine_line([__file__] + (sys.argv[1:] if argv is None else list(argv)),
+                              gpu=0 if args.device == 'cuda' else None))
+    print(f'Device {args.device}; {args.workers} DataLoader workers; {args.rounds} rounds x {args.iters} '
           'iterations per path, interleaved '
           f'(after {args.warmup} warm-up); ms/iter median (min-max); speed-up = plain median / path median; data wait '
           '= share of the iteration spent getting the batch; peak MB: CUDA max allocated, CPU peak RSS above the '

@@ -1,7 +1,7 @@
 """Does fast training cost accuracy? Seeded runs of the shipped IMDN x4 recipe through ``lwsr-train`` (batch 16, HR
 patches 192, L1, Adam 2e-4): the papers' fp32 NCHW, ``amp: bf16`` + ``channels_last``, and fp32 + ``channels_last``
 (same precision, other convolution kernels: how far two runs drift apart from rounding alone); Set5 Y-PSNR of each
-after the same number of iterations (issue 12: bf16 within 0.05 dB of fp32 after 300).
+after the same number of iterations (the target: bf16 within 0.05 dB of fp32 after 300).
 
 Both runs read the same DIV2K-like LMDB (made once from ../shared/datasets by ``benchmark_training.build_lmdbs``)
 through InMemoryPairedImageDataset with no workers, so they see the same patches in the same order.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build .device/ (git-ignored, carried by the device tool) for scripts/gpu_proof.py on a lent GPU machine, and print
-# the run command. The device image has torch, opencv, numpy, scikit-image, yaml, tqdm, tensorboard and safetensors
-# but no basicsr and no lmdb, and no network: basicsr 1.4.2 (an sdist whose build needs torch) is built into a wheel
-# here, lmdb's wheel is fetched for the device's Python (3.12). The data are copies of ../shared/datasets' T91, BSD200
-# and Set5 (~58 MiB: the tool carries 64 MiB in all, so nothing else goes).
+# Build .device/ (git-ignored) for scripts/gpu_proof.py on an offline GPU machine that receives the checkout and
+# .device/ (64 MiB in all), and print the run command. The GPU machine's image has torch, opencv, numpy,
+# scikit-image, yaml, tqdm, tensorboard and safetensors but no basicsr and no lmdb, and no network: basicsr 1.4.2 (an
+# sdist whose build needs torch) is built into a wheel here, lmdb's wheel is fetched for the GPU machine's Python
+# (3.12). The data are copies of ../shared/datasets' T91, BSD200 and Set5 (~58 MiB: 64 MiB go across in all, so
+# nothing else goes).
 #   bash scripts/device_bundle.sh [SHARED_DATASETS] [DEVICE_PYTHON_VERSION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +29,12 @@ rm -rf .device
 mv "$tmp" .device
 bundle=$(du -sb .device | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-echo "device_bundle: .device $((bundle / 1048576)) MiB + checkout $((tree / 1048576)) MiB of the 64 MiB the tool carries"
+echo "device_bundle: .device $((bundle / 1048576)) MiB + checkout $((tree / 1048576)) MiB of the 64 MiB that go across"
 if [ $((bundle + tree)) -gt $((64 * 1048576)) ]; then
-  echo "device_bundle: over 64 MiB; the device tool would refuse it (leave BSD200 out and train on T91 alone)" >&2
+  echo "device_bundle: over 64 MiB; too large to send (leave BSD200 out and train on T91 alone)" >&2
   exit 1
 fi
 cat <<'CMD'
-device run (carry [".device"], timeout_s 600):
+on the GPU machine, from the checkout with .device/ beside it (about 10 minutes):
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && python3 scripts/gpu_proof.py --data .device/data --out $OUT --budget-s 570 --stages idn
 CMD

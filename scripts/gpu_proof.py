@@ -1,4 +1,4 @@
-"""The prepared device run behind the GPU rows of docs/reproduction.md and docs/inference.md: one command, bounded by
+"""The prepared GPU run behind the GPU rows of docs/reproduction.md and docs/inference_speed.md: one command, bounded by
 one time budget, that prepares the training set, trains the recipes from scratch with ``lwsr-reproduce`` and runs
 the inference benchmark on whatever GPU is present, and leaves at most 8 small files in ``--out``.
 
@@ -6,11 +6,11 @@ the inference benchmark on whatever GPU is present, and leaves at most 8 small f
     python scripts/gpu_proof.py --data DATA --out $OUT --budget-s 200 --stages bench imdn
 
 ``DATA`` holds ``T91/`` and ``BSD200/`` (the 291 set's sources) and ``Set5/`` (``HR/`` + ``LR_bicubic/X{s}/``), e.g.
-``../shared/datasets`` or the folder ``scripts/device_bundle.sh`` builds for the device tool. Stages, in the order
-given, each given what is left of ``--budget-s`` (a stage that no longer fits is skipped and says so):
+``../shared/datasets`` or the folder ``scripts/device_bundle.sh`` builds for an offline GPU machine. Stages, in the
+order given, each given what is left of ``--budget-s`` (a stage that no longer fits is skipped and says so):
 
 - ``idn``: ``lwsr-prepare-291 --y-only --scales 3 --min-size 78``, then ``lwsr-reproduce --recipe IDN_x3`` for
-  ``--idn-minutes`` of training (issue target: Set5 >= 33.81 dB within 10 GPU-minutes) -> ``IDN_x3_curve.csv``,
+  ``--idn-minutes`` of training (target: Set5 >= 33.81 dB within 10 GPU-minutes) -> ``IDN_x3_curve.csv``,
   ``IDN_x3_summary.md``, ``IDN_x3_curve.png``;
 - ``imdn``: the RGB 291 set at x4 (``--min-size 192``), ``lwsr-reproduce --recipe IMDN_x4`` (target 31.9 dB) ->
   ``IMDN_x4_curve.csv``, ``IMDN_x4_summary.md``;
@@ -30,7 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)  # the checkout's package where it is not installed (the device machine)
+sys.path.insert(0, REPO)  # the checkout's package where it is not installed (the GPU machine)
 from lwsr_plugin.fileio import atomic_target, write_text_atomic  # noqa: E402
 # (recipe, scale, 291 preparation flags, Set5 LR folder) per training stage
 TRAIN_STAGES = {

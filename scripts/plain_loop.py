@@ -114,6 +114,8 @@ def main(argv=None):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    from lwsr_plugin.options.workers import resolve_auto_workers
+    resolve_auto_workers(opt)  # the shipped `num_worker_per_gpu: auto`, by the plugin's own rule
     train = opt['datasets']['train']
     two_stage = opt['train'].get('two_stage')
     gt_size = two_stage['stage1_gt_size'] if two_stage else train['gt_size']

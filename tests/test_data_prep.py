@@ -1,4 +1,4 @@
-"""Data preparation (issue 3): DIV2K / 291 / benchmark commands, LMDB checks, interruption and bad inputs.
+"""Data preparation: DIV2K / 291 / benchmark commands, LMDB checks, interruption and bad inputs.
 
 Everything runs on real images from ../shared/datasets; DIV2K is not available, so a DIV2K-shaped folder is built
 from BSD200 images (with a 120/60 crop grid, since BSD images are smaller than DIV2K's 480 crops).

@@ -101,3 +101,26 @@ def test_demo_bad_input_is_one_line(tmp_path, args, message):
     out = _demo_main_in_fresh_python(tmp_path, '--output', str(tmp_path / 'demo'), *args)
     assert message in out and 'heavy: []' in out and 'Traceback' not in out, out
     assert not os.path.exists(tmp_path / 'demo')
+
+
+def test_comparison_label_is_light_text_on_a_dark_box():
+    """The comparison PNG's label on a real photo: a darkened box that holds the whole text, white letters inside it,
+    every letter drawn once (no second copy of the text beside the first), and the photo untouched elsewhere."""
+    import cv2
+    import numpy as np
+
+    from lwsr_plugin.cli.demo import _photo, draw_label
+    photo = _photo('chelsea')
+    text = 'bicubic 31.48 dB'
+    panel = draw_label(photo.copy(), text)
+    (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.7, 1)
+    changed = np.argwhere((panel != photo).any(axis=2))
+    box_h, box_w = changed.max(axis=0) + 1
+    assert changed.min(axis=0).tolist() == [0, 0] and box_w <= w + 12 and box_h <= h + baseline + 12
+    box = panel[:box_h, :box_w].astype(int)
+    white = (box.min(axis=2) >= 200).mean()
+    assert 0.05 < white < 0.4  # letters, not a filled box
+    dark = box.max(axis=2) <= photo[:box_h, :box_w].max(axis=2) // 3 + 1
+    assert dark.mean() > 0.5  # the rest of the box is the photo at a third of its brightness
+    letters = np.flatnonzero((box.min(axis=2) >= 200).any(axis=0))
+    assert letters.min() >= 4 and letters.max() <= box_w - 4  # one copy of the text, inside the box

@@ -425,5 +425,80 @@ def test_options_fingerprint_ignores_file_location_and_local_rank(tmp_path):
     assert forced['<command line>'] == repr('--force_yml train:total_iter=9')
 
 
+
+# ------------------------------------------------------------------------------------------- tiny training sets
+# stands in for whatever writes at exit (a process group's teardown, a logger, progress bars, shutdown warnings)
+EXIT_NOISE = "import atexit, sys\natexit.register(lambda: print('teardown noise', file=sys.stderr, flush=True))\n"
+
+
+def _one_pair_job(tmp_path, datasets_dir, batch, *torchrun_args, **updates):
+    """(exit code, output) of ``torchrun --nproc_per_node=2`` training on one Set5 pair (a meta_info file listing
+    baby.png) with ``batch_size_per_gpu: batch`` for 3 iterations."""
+    work = str(link_datasets(tmp_path, datasets_dir))
+    (tmp_path / 'one.txt').write_text('baby.png\n')
+    write_options(tmp_path / 'opt.yml', **{'datasets.train.meta_info_file': 'one.txt', 'train.total_iter': 3,
+                                            'datasets.train.batch_size_per_gpu': batch,
+                                            'datasets.train.dataset_enlarge_ratio': 1}, **updates)
+    return work, _run(_torchrun('--nproc_per_node=2', '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{free_port()}',
+                                *torchrun_args, '-m', 'lwsr_plugin.train', '-opt', 'opt.yml', '--launcher', 'pytorch'),
+                      work, timeout=240, check=False)
+
+
+
+@pytest.mark.parametrize('argv, env, num_gpu, pairs, batch, expected', [
+    (['--launcher', 'pytorch'], {'WORLD_SIZE': '2', 'RANK': '0'}, 2, 1, 1, 'warning'),  # DDP: no num_gpu multiplier
+    (['--launcher', 'pytorch'], {'WORLD_SIZE': '2', 'RANK': '1'}, 0, 1, 1, None),  # the warning is rank 0's
+    (['--launcher=slurm'], {'SLURM_NTASKS': '3', 'SLURM_PROCID': '0'}, 0, 2, 2, '3 processes x a batch of 2 need 6'),
+    ([], {'WORLD_SIZE': '2', 'RANK': '0'}, 0, 1, 1, None),  # torchrun without --launcher: independent runs
+    ([], {}, 2, 1, 1, 'a batch of 2 (2 GPUs, num_gpu) is larger than the training set'),  # one DataParallel process
+])
+def test_batch_check_counts_each_process_share(monkeypatch, capsys, argv, env, num_gpu, pairs, batch, expected):
+    from lwsr_plugin.options import OptionError
+    from lwsr_plugin.options.checks import _check_batch
+    for key in ('WORLD_SIZE', 'RANK', 'SLURM_NTASKS', 'SLURM_PROCID'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, 'argv', ['lwsr-train', '-opt', 'x.yml', *argv])
+    ds = {'batch_size_per_gpu': batch, 'dataset_enlarge_ratio': 1}
+    if expected and expected != 'warning':
+        with pytest.raises(OptionError, match=re.escape(expected)):
+            _check_batch({'num_gpu': num_gpu}, 'datasets.train', ds, pairs)
+        return
+    _check_batch({'num_gpu': num_gpu}, 'datasets.train', ds, pairs)
+    assert ('so ranks see repeated samples' in capsys.readouterr().err) == (expected == 'warning')
+
+
+def test_one_pair_on_two_ranks_trains_with_a_warning(tmp_path, datasets_dir):
+    """BasicSR's EnlargedSampler pads each of 2 ranks to ceil(1 / 2) = 1 sample, one batch of 1: the run trains to
+    total_iter as BasicSR's own would, after one warning (rank 0) that the ranks see repeated samples."""
+    work, (code, out) = _one_pair_job(tmp_path, datasets_dir, 1)
+    assert code == 0, out[-6000:]
+    warning = _lines(out, 'lwsr_plugin: warning: datasets.train: 2 processes x a batch of 1 draw 2 samples per step')
+    assert len(warning) == 1 and 'so ranks see repeated samples' in warning[0], out[-6000:]
+    assert 'iter:       3,' in out
+    assert os.path.isfile(os.path.join(work, 'experiments', 'tiny_imdn', 'models', 'net_g_latest.pth'))
+
+
+def test_batch_no_rank_can_fill_is_refused_as_each_ranks_last_line(tmp_path, datasets_dir):
+    """One pair, batch_size_per_gpu 2, 2 ranks: each rank's padded share (1 sample) is less than a batch, which
+    BasicSR's loader drops, so no batch would ever be drawn: refused on every rank, naming processes x batch and the
+    fix. The line is each rank's last (what writes at exit is quieted) and comes before torchrun's ChildFailedError."""
+    (tmp_path / 'exit_noise.py').write_text(EXIT_NOISE)
+    work, (code, out) = _one_pair_job(tmp_path, datasets_dir, 2, '--log-dir', str(tmp_path / 'logs'), '--tee', '3',
+                                      user_modules=['exit_noise.py'])
+    line = ('lwsr_plugin: error in opt.yml: datasets.train.batch_size_per_gpu: 2 processes x a batch of 2 need 4 '
+            'samples, but each process draws only ceil(1 pairs x dataset_enlarge_ratio 1 / 2) = 1 per epoch')
+    assert code != 0 and line in out and out.index(line) < out.index('ChildFailedError'), out[-6000:]
+    assert 'Use batch_size_per_gpu: 1 (or less) or dataset_enlarge_ratio: 3 (or more), or start fewer processes.' in out
+    assert 'teardown noise' not in out
+    logs = glob.glob(str(tmp_path / 'logs' / '*' / 'attempt_0' / '*' / 'stderr.log'))
+    assert len(logs) == 2
+    # torchrun stops the other rank once one has failed: that rank may end before writing anything
+    last = [_read(p).splitlines()[-1] for p in logs if _read(p).strip()]
+    assert last and all(text.startswith(line) for text in last), [_read(p) for p in logs]
+    assert not os.path.exists(os.path.join(work, 'experiments'))
+
+
 if __name__ == '__main__':
     _agreement_worker(sys.argv[1])

@@ -1,4 +1,4 @@
-"""DRN / DRN+ (issue 8): shapes at every scale, parameter counts, option validation and a BasicSR overfit run."""
+"""DRN / DRN+: shapes at every scale, parameter counts, option validation and a BasicSR overfit run."""
 import os
 
 import cv2

@@ -1,4 +1,4 @@
-"""Fast inference forms of every arch (issue 15): the module's fp32 output (max abs diff <= 1e-5 on [0, 1] images) on
+"""Fast inference forms of every arch: the module's fp32 output (max abs diff <= 1e-5 on [0, 1] images) on
 real images, with the official weights where they exist, in both memory layouts and batch sizes; bf16 within
 0.02 dB Set5 Y-PSNR of fp32; the shared mechanisms (fused conv, sub-pixel deconv, phase-major shuffle, ELU); the
 CUDA-side logic that CPU can exercise (graph replay decisions, fixed tile batches, device/precision/compile checks)
@@ -27,7 +27,7 @@ from lwsr_plugin.fast.kernels import (FastConv, Scratch, ShuffleConv, deconv_as_
 from lwsr_plugin.inference import InferenceError, Upscaler, load_model, network_options, tiled_forward
 
 SET5 = ['baby', 'bird', 'butterfly', 'head', 'woman']
-TOL = 1e-5  # issue 15: identical fp32 output
+TOL = 1e-5  # identical fp32 output
 
 
 def _official(shared, case):
@@ -115,7 +115,7 @@ def test_dispatch_and_upscaler_paths():
 
 @pytest.mark.parametrize('case', ['IDN_x2', 'IDN_x3', 'IDN_x4', 'IMDN_x2', 'IMDN_x3', 'IMDN_RTC', 'SLWSR32_x4'])
 def test_bf16_set5_psnr_within_002_db_of_fp32(case, shared, datasets_dir):
-    """Issue 15: bf16 + channels_last keeps Set5 Y-PSNR within 0.02 dB of fp32 (every released weight set; IMDN x4
+    """bf16 + channels_last keeps Set5 Y-PSNR within 0.02 dB of fp32 (every released weight set; IMDN x4
     in test_fast_imdn; DRN and s-LWSR16/64 have none)."""
     arch, _, scale, _ = CASES[case]
     net = _official(shared, CASES[case])

@@ -1,4 +1,4 @@
-"""FastIMDN (issue 7, speed): the same output as the IMDN / IMDN_AS modules on real images and official weights, in
+"""FastIMDN (speed): the same output as the IMDN / IMDN_AS modules on real images and official weights, in
 every layout and batch the Upscaler uses; bf16 within 0.02 dB of fp32 on Set5; image-wide tile statistics."""
 import copy
 import os
@@ -65,7 +65,7 @@ def test_imdn_as_both_paths(shared, set5):
 
 
 def test_bf16_set5_psnr_within_002_db_of_fp32(imdn_x4, set5):
-    """Issue 7: bf16 + channels_last must keep Set5 x4 Y-PSNR within 0.02 dB of fp32."""
+    """bf16 + channels_last must keep Set5 x4 Y-PSNR within 0.02 dB of fp32."""
     runs = {'fp32': Upscaler(copy.deepcopy(imdn_x4)), 'bf16': bf16_upscaler(copy.deepcopy(imdn_x4))}
     assert isinstance(runs['bf16'].net, FastIMDN)
     psnr = {p: [] for p in runs}

@@ -1,4 +1,4 @@
-"""IDN (issue 4): arch, MATLAB bicubic op, Caffe weight conversion, IDN-protocol PSNR, two-stage schedule."""
+"""IDN: arch, MATLAB bicubic op, Caffe weight conversion, IDN-protocol PSNR, two-stage schedule."""
 import os
 import re
 import subprocess

@@ -1,4 +1,4 @@
-"""Inference and deployment (issue 7): lwsr-upscale on Set5 with the official IMDN, tiling, ensemble, image kinds,
+"""Inference and deployment: lwsr-upscale on Set5 with the official IMDN, tiling, ensemble, image kinds,
 bad inputs, ONNX parity for every arch, memory on a 2000x2000 input."""
 import glob
 import os

@@ -214,7 +214,7 @@ def test_accumulate_two_micro_batches_equal_one_batch_of_twice_the_size(stage, t
 
 
 # ------------------------------------------------------------------------------------------- option handling
-def test_option_checks_and_two_stage_model_take_the_new_types_and_old_files_still_work(tmp_path, datasets_dir):
+def test_option_checks_and_two_stage_model_take_the_caffe_losses_and_the_batch_tied_form(tmp_path, datasets_dir):
     """The pre-run check accepts the shipped IDN recipe (training data pointed at Set5), refuses a ``reduction`` on
     the Caffe losses (they have none to give), and still accepts the batch-tied BasicSR form; TwoStageSRModel builds
     CaffeL1Loss for stage 1 and CaffeEuclideanLoss for stage 2."""

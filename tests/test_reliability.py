@@ -1,4 +1,4 @@
-"""Reliability suite (issue 13, parts 2-3): every bad input is refused with one line naming the file or option, what
+"""Reliability suite: every bad input is refused with one line naming the file or option, what
 is wrong and the fix; exit status 2 for usage errors; no traceback; nothing the user had changes (files hashed before
 and after). Writers never leave a half-written file under its final name, and a full disk stops a run with a message.
 
@@ -208,7 +208,7 @@ TRAIN_CASES = {
                                'net.pth: not a readable weights-only checkpoint'),
     'pretrain_truncated_safetensors': (
         lambda w: (_save_st(w / 'net.safetensors', truncate=True), {'path.pretrain_network_g': 'net.safetensors'})[1],
-        'net.safetensors: not a readable .safetensors file'),
+        'net.safetensors: damaged: its bytes no longer match the SHA-256'),
     'pretrain_not_a_state_dict': (lambda w: (torch.save({'params': [1, 2, 3]}, w / 'list.pth'),
                                              {'path.pretrain_network_g': 'list.pth'})[1],
                                   'list.pth: holds list, not a state dict of tensors'),
@@ -457,7 +457,7 @@ def test_upscale_usage_errors(tmp_path, images, capsys):
     assert code == 2 and f'no image files in {empty}' in out.err
     for name, data, message in [('junk.pth', os.urandom(3000), 'junk.pth: not a readable weights-only checkpoint'),
                                 ('nan.pth', None, 'holds 72 NaN/Inf values of 576'),
-                                ('cut.safetensors', 'st', 'cut.safetensors: not a readable .safetensors file')]:
+                                ('cut.safetensors', 'st', 'cut.safetensors: damaged')]:
         path = tmp_path / name
         if data is None:
             _save_nan(path)
@@ -700,7 +700,7 @@ def test_result_images_are_written_atomically(tmp_path, monkeypatch):
     """lwsr-test's SR images (BasicSR's imwrite, called by the model's validation) go through a temporary name: a
     failed write leaves the earlier image under the final name, and nothing else."""
     import basicsr.models.sr_model as sr_model
-    from lwsr_plugin.entry import atomic_result_images
+    from lwsr_plugin.patches.pipeline import atomic_result_images
     atomic_result_images()
     target = tmp_path / 'visualization' / 'Set5' / 'bird_test.png'
     img = np.full((8, 8, 3), 100, np.uint8)
@@ -717,3 +717,103 @@ def test_result_images_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(IOError):
         sr_model.imwrite(np.zeros((8, 8, 3), np.uint8), str(target))
     assert target.read_bytes() == good and os.listdir(target.parent) == ['bird_test.png']
+
+
+# ------------------------------------------------------------------------------------------ checkpoint integrity
+def _flipped_copies(src, folder, count, seed):
+    """``count`` copies of ``src`` in ``folder``, each with one random bit of one random byte flipped."""
+    import random
+    rng = random.Random(seed)
+    data = open(src, 'rb').read()
+    out = []
+    for i in range(count):
+        damaged = bytearray(data)
+        pos = rng.randrange(len(damaged))
+        damaged[pos] ^= 1 << rng.randrange(8)
+        path = os.path.join(folder, f'{i:02d}_{os.path.basename(src)}')
+        with open(path, 'wb') as f:
+            f.write(damaged)
+        out.append((path, pos))
+    return out
+
+
+@pytest.fixture(scope='module')
+def trained_files(tmp_path_factory, datasets_dir):
+    """``net_g_2.pth``, ``net_g_2.safetensors``, ``1.state`` and ``2.state`` from two real 2-iteration training
+    runs (LWSRModel, one saving .pth, one .safetensors), as the plugin writes them."""
+    work = tmp_path_factory.mktemp('sealed')
+    os.symlink(datasets_dir, work / 'datasets')
+    runs = []
+    for fmt in ('pth', 'safetensors'):
+        opt = write_options(work / f'{fmt}.yml', name=f'sealed_{fmt}', model_type='LWSRModel', **{
+            'train.total_iter': 2, 'logger.save_checkpoint_freq': 1, 'logger.save_format': fmt})
+        runs.append(([os.path.join(BIN, 'lwsr-train'), '-opt', opt], work, None))
+    for proc in run_all(runs):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = work / 'experiments'
+    return {'pth': exp / 'sealed_pth' / 'models' / 'net_g_2.pth',
+            'safetensors': exp / 'sealed_safetensors' / 'models' / 'net_g_2.safetensors',
+            'states': exp / 'sealed_pth' / 'training_states'}
+
+
+@pytest.mark.parametrize('kind', ['pth', 'safetensors'])
+def test_flipped_bytes_in_network_files_are_refused(kind, trained_files, tmp_path):
+    """30 copies of a plugin-written network file, one random bit flipped in each, all refused in one line by the
+    reader every entry point uses (pretrain_network_g, --ckpt, lwsr-test/upscale/export/report); the file as written
+    carries a matching seal."""
+    from lwsr_plugin.fileio import check_seal, read_state_dict
+    src = str(trained_files[kind])
+    assert check_seal(src) is True
+    read_state_dict(src)
+    accepted = []
+    for path, pos in _flipped_copies(src, str(tmp_path), 30, seed=hash(kind) % 1000):
+        try:
+            read_state_dict(path)
+        except (ValueError, KeyError) as err:
+            assert '\n' not in str(err) and path in str(err), str(err)
+        else:
+            accepted.append(pos)
+    assert not accepted, f'damaged copies accepted (flipped byte offsets): {accepted}'
+
+
+def test_flipped_bytes_in_training_states_fall_back_under_auto_resume(trained_files, tmp_path, capsys):
+    """30 damaged copies of the newest training state: --auto_resume passes over each with a line saying why and
+    resumes from the previous good state; path.resume_state naming it stops in one line."""
+    from lwsr_plugin.patches.checkpoints import load_resume_state
+    states = tmp_path / 'experiments' / 'run' / 'training_states'
+    states.mkdir(parents=True)
+    shutil.copy(trained_files['states'] / '1.state', states / '1.state')
+    damaged = _flipped_copies(str(trained_files['states'] / '2.state'), str(tmp_path), 30, seed=7)
+    for path, pos in damaged:
+        shutil.copy(path, states / '2.state')
+        opt = {'name': 'run', 'root_path': str(tmp_path), 'auto_resume': True, 'num_gpu': 0, 'is_train': True,
+               'path': {}}
+        capsys.readouterr()
+        state = load_resume_state(opt)
+        err = capsys.readouterr().err
+        assert state is not None and state['iter'] == 1, f'flipped byte at {pos}: resumed from {state and state["iter"]}'
+        assert 'skipping' in err and '2.state' in err, err
+        explicit = {'name': 'run', 'auto_resume': False, 'num_gpu': 0, 'path': {'resume_state': str(states / '2.state')}}
+        with pytest.raises(RuntimeError) as exc:
+            load_resume_state(explicit)
+        assert '\n' not in str(exc.value) and '2.state' in str(exc.value)
+
+
+def test_check_checkpoint_names_sealed_official_and_damaged_files(trained_files, tmp_path, shared):
+    """``lwsr-check-checkpoint``: a sealed file passes, the official IMDN x4 release is named by its SHA-256, a file
+    with a release's name but other bytes is flagged, and a damaged sealed file is refused; exit status 1."""
+    official = shared('anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth')
+    impostor = tmp_path / 'IMDN_x4.pth'
+    impostor.write_bytes(open(official, 'rb').read()[:-1] + b'\0')
+    damaged = _flipped_copies(str(trained_files['pth']), str(tmp_path), 1, seed=3)[0][0]
+    proc = subprocess.run([os.path.join(BIN, 'lwsr-check-checkpoint'), str(trained_files['pth']), official,
+                           str(impostor), damaged, str(trained_files['states'] / '2.state')],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'Traceback' not in proc.stderr
+    out = proc.stdout
+    assert f'{trained_files["pth"]}: seal ok' in out and 'official IMDN x4 release' in out
+    assert 'training state at iteration 2' in out
+    assert f'{impostor}: has the file name of the official IMDN x4 release but not its SHA-256' in proc.stderr
+    assert f'{damaged}: damaged' in proc.stderr
+    assert '3 of 5 files usable' in out

@@ -54,6 +54,7 @@ def test_report_subset(tmp_path, capsys):
     assert 'the fast inference form lwsr-upscale runs' in md
     assert f'Machine: {cpu_name()}, ' in md  # the CPU's model and ISA, as the benchmark's tables name it
     assert 'median wall-clock time of 3 timed forwards after the memory-measuring forward and 1 more warm-up' in md
+    assert 'or of as many as fit in 10 s per model' in md and all(r['cpu_runs'] == '3' for r in rows)
     assert not [f for f in os.listdir(out) if '.tmp-' in f]
     progress = capsys.readouterr().err
     assert 'IMDN_RTC x2:' in progress and 's-LWSR16 x2:' in progress
@@ -145,6 +146,7 @@ def test_report_killed_leaves_valid_partial_files(tmp_path):
     (['--scales', '5'], "--scales '5': give a comma-separated subset of 2,3,4"),
     (['--models', 'IMDN_RTC', '--scales', '4'], 'has no variant at --scales 4'),
     (['--repeats', '0'], '--repeats 0: must be at least 1'),
+    (['--time-cap', '0'], '--time-cap 0: must be more than 0 seconds, e.g. --time-cap 10.'),
     (['--output-size', '720p'], "--output-size '720p': give WxH, both at least 4 (e.g. 1280x720)"),
 ])
 def test_report_bad_options(tmp_path, capsys, args, message):
@@ -194,3 +196,73 @@ def test_time_forwards_counts_a_long_first_forward():
     assert calls == [] and t['median'] == t['min'] == 12_000.0 and t['cpu_time'] == 20_000.0
     t = report.time_forwards(lambda: calls.append(1), 0, 3, first=(12_000.0, 20_000.0))
     assert len(calls) == 2 and t['min'] < 12_000.0 and t['p75'] <= 12_000.0
+
+
+def test_slow_model_gets_one_timed_forward_and_no_spread(tmp_path, capsys):
+    """A model whose forwards do not fit --time-cap three times (here: a cap of 1 ms) is timed once, and its row shows
+    no IQR ('-', empty CSV cells) instead of a range of one sample."""
+    out = str(tmp_path / 'rep')
+    args = ['--models', 'IMDN_RTC', '--scales', '2', '--output-size', '32x32', '--threads', '1', '--time-cap', '0.001',
+            '--out', out, '--no-gpu']
+    assert report.main(args) == 0
+    [row] = _rows(out)
+    assert row['cpu_runs'] == '1' and row['cpu_ms_p25'] == row['cpu_ms_p75'] == '' and float(row['cpu_ms']) > 0
+    [line] = _table_rows(out)
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    assert float(cells[6].replace(',', '')) > 0 and cells[7] == '-'  # CPU ms: the one sample; CPU ms IQR: none
+    assert '1 timed, IQR -;' in capsys.readouterr().err
+
+
+def test_planned_repeats_fit_the_time_cap_or_time_once():
+    """``--repeats`` where they fit in the cap at the first forward's time; fewer when at least 3 still fit (a
+    spread); one where not even 3 fit (two samples give no spread and cost a slow forward more)."""
+    assert report.planned_repeats(3, 100.0, 10) == 3
+    assert report.planned_repeats(20, 2_000.0, 10) == 5
+    assert report.planned_repeats(3, 4_000.0, 10) == 1  # 2 would fit: no spread, so one
+    assert report.planned_repeats(3, 71_000.0, 10) == 1
+    assert report.planned_repeats(2, 100.0, 10) == 2  # asked for fewer than a spread: as asked
+    t = report.time_forwards(lambda: None, 0, 2)
+    assert t['runs'] == 2 and t['p25'] is None and t['p75'] is None
+    assert report._iqr({'cpu_ms_p25': None, 'cpu_ms_p75': None}, 'cpu_ms') == '-'
+
+
+USER_ARCH = '''from torch import nn
+from basicsr.utils.registry import ARCH_REGISTRY
+
+
+@ARCH_REGISTRY.register()
+class ReportTinySR(nn.Module):
+    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=8, upscale=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(num_feat, num_out_ch * upscale ** 2, 3, 1, 1), nn.PixelShuffle(upscale))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+def test_report_measures_a_user_arch_by_option_file_or_name(tmp_path, capsys, monkeypatch):
+    """--opt: the option file's network_g at its scale, its user_modules imported, labelled by its name, alone;
+    --arch + --user-modules: at each of --scales, beside the shipped models --models names; MODELS stays shipped."""
+    (tmp_path / 'myarchs').mkdir()
+    (tmp_path / 'myarchs' / 'reporttiny_arch.py').write_text(USER_ARCH)
+    (tmp_path / 'test_mine.yml').write_text('name: mine_x3\nscale: 3\nuser_modules: [./myarchs]\n'
+                                            'network_g: {type: ReportTinySR, num_feat: 8, upscale: 3}\n')
+    monkeypatch.chdir(tmp_path)
+    common = ['--output-size', '32x32', '--repeats', '1', '--threads', '1', '--no-gpu']
+    assert report.main(['--opt', 'test_mine.yml', '--out', 'a'] + common) == 0
+    rows = _rows('a')
+    assert [(r['model'], r['scale'], r['params']) for r in rows] == [('mine_x3', '3', str(3 * 8 * 9 + 8 + 8 * 27 * 9
+                                                                                         + 27))]
+    assert float(rows[0]['macs_720p_G']) > 0 and float(rows[0]['cpu_ms']) > 0 and rows[0]['paper_params'] == ''
+    assert report.main(['--arch', 'ReportTinySR', '--user-modules', './myarchs', '--models', 'IMDN_RTC',
+                        '--scales', '2', '--out', 'b'] + common) == 0
+    assert [(r['key'], r['scale']) for r in _rows('b')] == [('IMDN_RTC', '2'), ('ReportTinySR', '2')]
+    assert 'ReportTinySR' not in report.MODELS and 'mine_x3' not in report.MODELS
+    capsys.readouterr()
+    assert report.main(['--arch', 'NoSuchArch', '--out', 'c'] + common) == 2
+    assert "lwsr-report: --arch NoSuchArch: network_g.type: 'NoSuchArch' is not registered" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(['--opt', 'test_mine.yml', '--arch', 'ReportTinySR', '--out', 'd'])
+    assert '--opt test_mine.yml and --arch ReportTinySR: give one of them' in capsys.readouterr().err

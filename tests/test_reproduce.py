@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from _utils import PY, run
+from _utils import BIN, PY, run
 
 
 def test_every_recipe_has_its_option_file():
@@ -110,17 +110,35 @@ def test_missing_training_data_is_refused_with_the_command(tmp_path):
         in proc.stdout
 
 
-@pytest.mark.slow
-def test_tiny_idn_x3_run_writes_curve_plot_weights_summary(tmp_path, datasets_dir):
+def _tiny_291_work(tmp_path, datasets_dir, source='T91', count=3, prepare=('--y-only', '--scales', '3')):
+    """``<tmp_path>/work``, outside the checkout, holding ``datasets/Set5`` and a 291 LMDB of the first ``count``
+    images of ``source`` made with ``lwsr_plugin.data.set291 --factors 1.0`` and ``prepare`` (by default a Y-only x3
+    LMDB of 3 T91 images: 24 pairs)."""
     work = tmp_path / 'work'
     (work / 'datasets').mkdir(parents=True)
-    src = tmp_path / 'T91'
+    src = tmp_path / source
     src.mkdir()
-    for name in sorted(os.listdir(os.path.join(datasets_dir, 'T91')))[:3]:
-        os.symlink(os.path.join(datasets_dir, 'T91', name), src / name)
+    for name in sorted(os.listdir(os.path.join(datasets_dir, source)))[:count]:
+        os.symlink(os.path.join(datasets_dir, source, name), src / name)
     os.symlink(os.path.join(datasets_dir, 'Set5'), work / 'datasets' / 'Set5')
-    run([PY, '-m', 'lwsr_plugin.data.set291', '--input', str(src), '--out', 'datasets/291', '--y-only',
-         '--factors', '1.0', '--scales', '3', '--workers', '1'], cwd=str(work))
+    run([PY, '-m', 'lwsr_plugin.data.set291', '--input', str(src), '--out', 'datasets/291', '--factors', '1.0',
+         *prepare, '--workers', '1'], cwd=str(work))
+    return work
+
+
+@pytest.mark.slow
+def test_recipe_runs_from_a_folder_outside_the_checkout_without_options(tmp_path, datasets_dir):
+    """No --options: the recipe is the shipped option file, found from any working directory."""
+    work = _tiny_291_work(tmp_path, datasets_dir)
+    out = run([os.path.join(BIN, 'lwsr-reproduce'), '--recipe', 'IDN_x3', '--iters', '20', '--batch', '4',
+               '--evals', '1', '--sets', 'Set5', '--out', str(tmp_path / 'results')], cwd=str(work)).stdout
+    assert 'trained: 20 iterations' in out
+    assert (tmp_path / 'results' / 'IDN_x3' / 'net_g.pth').is_file()
+
+
+@pytest.mark.slow
+def test_tiny_idn_x3_run_writes_curve_plot_weights_summary(tmp_path, datasets_dir):
+    work = _tiny_291_work(tmp_path, datasets_dir)
     options = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
     out = run([PY, '-m', 'lwsr_plugin.cli.reproduce', '--recipe', 'IDN_x3', '--iters', '3', '--evals', '2',
                '--batch', '4', '--sets', 'Set5', 'Set14', '--options', options, '--out', str(tmp_path / 'results')],
@@ -155,7 +173,7 @@ def _tiny_291_sources(tmp_path, datasets_dir):
 @pytest.mark.slow
 def test_gpu_proof_script_runs_its_idn_stage_here_and_skips_what_does_not_fit(tmp_path, datasets_dir):
     """The prepared device run, on this CPU: 291 preparation, lwsr-reproduce IDN x3 within the budget, the results
-    copied under their recipe's name (the device tool brings back at most 8 files); a budget too small is a skip."""
+    copied under their recipe's name (a GPU run returns at most 8 small files); a budget too small is a skip."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'gpu_proof.py')
     data = _tiny_291_sources(tmp_path, datasets_dir)
     out = tmp_path / 'out'
@@ -226,3 +244,96 @@ def test_compare_curves_tables_equal_training_times_and_plots(tmp_path):
     assert (tmp_path / 'cmp.png').stat().st_size > 1000
     bad = run([PY, script, '--recipe', 'IDN_x3', '--curve', str(tmp_path / 'a.csv')], cwd=str(tmp_path), check=False)
     assert bad.returncode == 2 and 'expected LABEL=CSV' in bad.stdout
+
+
+BUDGETED_RUN = '''
+import sys
+from lwsr_plugin import entry
+from lwsr_plugin.patches.budget import TrainingBudget
+with TrainingBudget(minutes={minutes}, iters={iters}):
+    entry.run('train', ['-opt', {opt!r}])
+'''
+
+
+@pytest.mark.parametrize('minutes, iters', [(None, 12), (0.05, None)], ids=['iterations', 'minutes'])
+def test_budgeted_run_shows_the_budget_not_total_iter(tmp_path, datasets_dir, minutes, iters):
+    """A real BasicSR training run of 70,000,000 iterations by its option file (BasicSR's ETA: days) under a tiny
+    budget: the plugin's progress lines and BasicSR's periodic lines show the budget's total and an ETA within it,
+    never total_iter's."""
+    import datetime
+    import re
+
+    from _utils import link_datasets, write_options
+    work = link_datasets(tmp_path, datasets_dir)
+    opt = write_options(tmp_path / 'opt.yml', **{'train.total_iter': 70_000_000, 'logger.print_freq': 2,
+                                                 'logger.progress_interval': 0.001})
+    out = run([PY, '-c', BUDGETED_RUN.format(minutes=minutes, iters=iters, opt=opt)], cwd=str(work)).stdout
+    lines = [line for line in out.splitlines() if re.search(r'\beta: ', line)]
+    progress = [line for line in lines if '[progress]' in line]
+    basicsr_lines = [line for line in lines if 'time (data)' in line]
+    assert len(progress) >= 3 and len(basicsr_lines) >= 2, out[-3000:]
+    assert not [line for line in lines if re.search(r'70,?000,?000|day', line)]
+    total_s = minutes * 60 if minutes else None
+    for line in lines:
+        spent = re.search(r'budget (\d+)/12 iters' if iters else r'budget ([\d.]+)/3\.0 s', line)
+        eta = re.search(r'eta: (\d+):(\d\d):(\d\d)', line)
+        assert spent and eta, line
+        eta_s = datetime.timedelta(hours=int(eta[1]), minutes=int(eta[2]), seconds=int(eta[3])).total_seconds()
+        assert eta_s <= (total_s if total_s else 60), line  # 12 tiny iterations: seconds, not days
+    assert re.search(r'\[progress\] iter:\s+\d+ \| [\d.]+ it/s \| budget ', progress[-1]), progress[-1]
+    assert re.search(r'\[eta: \d+:\d\d:\d\d \(budget [^)]*\), time \(data\)', basicsr_lines[-1]), basicsr_lines[-1]
+
+
+def test_opt_and_recipe_exclude_each_other_and_a_bad_option_file_is_one_line(tmp_path):
+    """``--opt`` instead of ``--recipe``: never both; a missing file or one without ``scale`` is refused by name."""
+    both = run([PY, '-m', 'lwsr_plugin.cli.reproduce', '--recipe', 'IDN_x3', '--opt', 'x.yml', '--iters', '2'],
+               cwd=str(tmp_path), check=False)
+    assert both.returncode == 2 and 'not allowed with argument' in both.stdout
+    missing = run([PY, '-m', 'lwsr_plugin.cli.reproduce', '--opt', 'x.yml', '--iters', '2'], cwd=str(tmp_path),
+                  check=False)
+    assert missing.returncode == 2 and missing.stdout.strip().splitlines() == [
+        'lwsr-reproduce: --opt x.yml: no such file; give a training option file (e.g. one made by '
+        '`lwsr-options copy train_IMDN_x4`).']
+    (tmp_path / 'no_scale.yml').write_text('name: mine\nnetwork_g: {type: IMDN}\n')
+    bad = run([PY, '-m', 'lwsr_plugin.cli.reproduce', '--opt', 'no_scale.yml', '--iters', '2'], cwd=str(tmp_path),
+              check=False)
+    assert bad.returncode == 2 and '--opt no_scale.yml: no scale, datasets, train' in bad.stdout
+    assert 'Traceback' not in bad.stdout
+
+
+def test_compare_runs_labels_by_summary_writes_table_and_plot_and_names_a_bad_run(tmp_path):
+    """lwsr-compare-runs on two run folders: labels from their summary.md, nearest earlier evaluation at the first
+    run's moments (2 % tolerance), the final numbers, OUT.md and OUT.png; a folder without curve.csv in one line."""
+    from lwsr_plugin.cli.reproduce import write_curve
+    runs = {'MySR_x4': [(10, 60.0, 30.0), (20, 120.0, 31.0), (40, 240.0, 31.5)],
+            'IMDN_x4': [(4, 60.5, 29.5), (9, 121.0, 30.2)]}
+    for name, points in runs.items():
+        (tmp_path / name).mkdir()
+        write_curve(tmp_path / name / 'curve.csv', [
+            {'iteration': i, 'train_seconds': t, 'wall_seconds': t + 1, 'Set5_psnr': p, 'Set5_ssim': 0.8}
+            for i, t, p in points], ['Set5'])
+        (tmp_path / name / 'summary.md').write_text(f'# lwsr-reproduce {name}\n')
+    out = run([os.path.join(BIN, 'lwsr-compare-runs'), 'MySR_x4', 'IMDN_x4', '-o', 'cmp/mysr'],
+              cwd=str(tmp_path)).stdout
+    table = (tmp_path / 'cmp' / 'mysr.md').read_text()
+    assert '| 1.0 | 10 / 30.00 | 4 / 29.50 | -0.50 |' in table and '| 2.0 | 20 / 31.00 | 9 / 30.20 | -0.80 |' in table
+    assert '| 4.0 | 40 / 31.50 | - | - |' in table and 'nearest earlier evaluation' in table
+    assert '| MySR_x4 | 40 | 4.0 | 31.50 / 0.8000 |' in table and table.strip() in out
+    assert (tmp_path / 'cmp' / 'mysr.png').stat().st_size > 1000
+    bad = run([os.path.join(BIN, 'lwsr-compare-runs'), 'MySR_x4', 'cmp'], cwd=str(tmp_path), check=False)
+    assert bad.returncode == 2 and bad.stdout.strip().splitlines() == [
+        'lwsr-compare-runs: cmp: no curve.csv there; give a run folder of lwsr-reproduce (<out>/<name>/), its '
+        'curve.csv, or LABEL=either.']
+
+
+@pytest.mark.parametrize('name', ['reproduce', 'compare_runs'])
+def test_help_of_reproduce_and_compare_runs_imports_nothing_heavy(name):
+    """``--help`` of lwsr-reproduce and lwsr-compare-runs answers without torch, BasicSR, OpenCV or NumPy."""
+    import subprocess
+
+    from conftest import REPO
+    from test_report import HELP_CHECK
+    proc = subprocess.run([PY, '-c', HELP_CHECK.format(name=name)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"lwsr-{name.replace('_', '-')}" in proc.stdout and 'HEAVY []' in proc.stdout, proc.stdout[-2000:]

@@ -1,4 +1,4 @@
-"""s-LWSR (issue 5): parameter counts, the official checkpoint, activation removal, compression, presets, options."""
+"""s-LWSR: parameter counts, the official checkpoint, activation removal, compression, presets, options."""
 import glob
 import os
 

@@ -270,6 +270,19 @@ def basicsr_log_to_file(path):
         logger.setLevel(old_level)
 
 
+def draw_label(panel, text, scale=0.7, pad=6):
+    """Writes ``text`` in light letters on a darkened box in the top-left corner of ``panel`` (in place): legible on
+    any photo. One thickness for the box's size and the letters: a Hershey glyph's advance grows with its thickness,
+    so a thicker shadow under the same text drifts sideways and the text reads doubled."""
+    import cv2
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (w, h), baseline = cv2.getTextSize(text, font, scale, 1)
+    box = panel[:h + baseline + 2 * pad, :w + 2 * pad]
+    box[:] = box // 3  # the photo stays faintly visible behind the box
+    cv2.putText(panel, text, (pad, pad + h), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return panel
+
+
 def evaluate(model_path, opt, data_root, out_dir):
     """SR and bicubic Y-PSNR of every validation photo; writes SR PNGs and one comparison PNG per photo."""
     import cv2
@@ -293,8 +306,7 @@ def evaluate(model_path, opt, data_root, out_dir):
         panels = [nearest, bic.copy(), sr.copy(), hr.copy()]  # labels are drawn on copies, not on saved images
         labels = ['LR (nearest)', f'bicubic {psnr_bic:.2f} dB', f'IMDN {psnr_sr:.2f} dB', 'HR']
         for panel, label in zip(panels, labels):
-            cv2.putText(panel, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(panel, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+            draw_label(panel, label)
         cv2.imwrite(os.path.join(out_dir, f'{name}_comparison.png'), np.concatenate(panels, axis=1))
         results.append((name, psnr_sr, psnr_bic))
     return results

@@ -38,10 +38,7 @@ def _check_complete(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        import onnx
-    except ImportError:  # onnx is an extra: without it the file is renamed unchecked (the export itself raised nothing)
-        return
+    import onnx  # present: torch's exporter has just written the file through it
     try:
         onnx.load_model(path, load_external_data=False)
     except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
@@ -118,6 +115,18 @@ def build_parser():
     return p
 
 
+def missing_packages(check=True):
+    """The packages ``lwsr-export`` needs that do not import here: onnx (torch's exporter writes through it) and,
+    with ``check``, onnxruntime (the parity check)."""
+    missing = []
+    for name in ('onnx', 'onnxruntime') if check else ('onnx', ):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     for label, item in [('--ckpt', args.ckpt), ('--opt', args.opt)] + [('--check-image', p) for p in
@@ -126,6 +135,11 @@ def main(argv=None):
             print(f'lwsr-export: -o {args.output} is (or leads to) the input {label} {item}; writing it would destroy '
                   'the input. Give another output name, e.g. model.onnx.', file=sys.stderr)
             return 2
+    missing = missing_packages(check=not args.no_check)
+    if missing:  # before the model is built: a missing package must not surface as torch's traceback mid-export
+        print(f'lwsr-export: {" and ".join(missing)} {"is" if len(missing) == 1 else "are"} not installed; install '
+              'what the command needs with: pip install "lwsr_plugin[onnx]"', file=sys.stderr)
+        return 2
     import torch
 
     from lwsr_plugin.inference import InferenceError, _in_channels, load_model, network_options

@@ -13,16 +13,23 @@
   values, and runs as ``lwsr-upscale`` runs it: through its fast inference form (:mod:`lwsr_plugin.fast`; ``--plain``:
   the plain module, NCHW), with ``--threads`` torch threads. The first forward is the memory measurement below (and
   the warm-up, and for a forward of 10 s or more also the first timed one); then ``--warmup`` more untimed forwards,
-  then the median, minimum and interquartile range of the wall-clock time of ``--repeats`` timed forwards, and the
-  median processor time the process used per forward (all threads; robust to other processes' load, which stretches
-  wall-clock times on a shared machine). Few repeats (one by default): at 720p one forward of DRN+ x2 is 4 TMACs,
-  and the 24 rows are ~9.4 TMACs per pass.
+  then the median, minimum and interquartile range of the wall-clock time of the timed forwards, and the median
+  processor time the process used per forward (all threads; robust to other processes' load, which stretches
+  wall-clock times on a shared machine). The timed forwards (:func:`planned_repeats`): as many of ``--repeats``
+  (default 3) as fit in ``--time-cap`` seconds per model (default 10; each estimated at the first forward's time),
+  but one where fewer than 3 fit: at 720p one forward of DRN+ x2 is 4 TMACs, and the 24 rows are ~9.4 TMACs per
+  pass, so the slow rows get one and the whole report stays within minutes on 2 cores. The IQR needs 3 or more forwards: a row with fewer shows ``-``
+  (and empty ``*_p25``/``*_p75`` cells in the CSV, whose ``cpu_runs``/``gpu_runs_720p`` say how many were timed).
 - **CPU peak memory**: the most bytes held at once by tensors allocated during that first forward through torch's
   CPU allocator (activations, temporaries, reused buffers, the output), above what was held before it (weights and
   input excluded), from the allocation events of ``torch.profiler`` (``profile_memory=True``). Deterministic for a
   given input size; not included: buffers that oneDNN/MKL allocate themselves, and the interpreter and libraries.
 - **GPU** (when CUDA is present): the same path, timing (synchronised) and peak definition
   (``torch.cuda.max_memory_allocated`` minus what was allocated before the forward) for the same output size.
+
+Your own network (``--opt my_test.yml``: its ``network_g`` at its ``scale``, its ``user_modules`` imported; or
+``--arch NAME --user-modules ./myarchs``: built with ``upscale`` at each of ``--scales``) gets a row measured the same
+way, labelled by the option file's ``name`` or the arch; beside it only the shipped models ``--models`` names.
 
 Rows are written as they are measured: ``report.csv`` and ``report.md`` are rewritten (temporary file, then rename)
 after each model, so an interrupted run leaves valid files holding the rows measured so far.
@@ -37,6 +44,8 @@ import time
 HR_PIXELS_720P = 1280 * 720
 MAC_PROBE = 24  # LR side of the MAC-counting forward; MACs per output pixel do not depend on it
 LONG_FORWARD_MS = 10_000  # a first forward this long counts as a timed one (see measure)
+MIN_SPREAD = 3  # timed forwards an interquartile range needs: the "range" of one or two samples is no spread
+TIME_CAP_S = 10.0  # default --time-cap: seconds of timed forwards per model
 AS_SCALE = 4  # IMDN_AS is timed on the LR resized x4 (its "scale" is whatever its input was resized to)
 
 # key: (label, network_g options without upscale, scales, paper params per scale, paper MACs (G) at 720p per scale)
@@ -58,8 +67,12 @@ MODELS = {
 }
 
 FIELDS = ['model', 'key', 'scale', 'params', 'paper_params', 'macs_720p_G', 'paper_macs_720p_G', 'cpu_ms',
-          'cpu_ms_min', 'cpu_ms_p25', 'cpu_ms_p75', 'cpu_time_ms', 'cpu_peak_MB', 'gpu_ms_720p', 'gpu_ms_720p_min',
-          'gpu_ms_720p_p25', 'gpu_ms_720p_p75', 'gpu_peak_MB_720p']
+          'cpu_ms_min', 'cpu_ms_p25', 'cpu_ms_p75', 'cpu_runs', 'cpu_time_ms', 'cpu_peak_MB', 'gpu_ms_720p',
+          'gpu_ms_720p_min', 'gpu_ms_720p_p25', 'gpu_ms_720p_p75', 'gpu_runs_720p', 'gpu_peak_MB_720p']
+
+
+# keys of MODELS whose network options are used as written (no ``upscale`` added): IMDN_AS and the --opt rows
+AS_WRITTEN = {'IMDN_AS'}
 
 
 def build(key, scale):
@@ -67,9 +80,47 @@ def build(key, scale):
     import lwsr_plugin  # noqa: F401  (registration)
     from basicsr.archs import build_network
     opt = dict(MODELS[key][1])
-    if key != 'IMDN_AS':
+    if key not in AS_WRITTEN:
         opt['upscale'] = scale
     return build_network(opt).eval()
+
+
+def add_user_model(parser, args):
+    """Add the ``--opt`` or ``--arch`` network to ``MODELS`` (no paper numbers); returns ``(key, user_modules)``, or
+    ``(None, [])`` without either. A bad option file ends with one line naming the option."""
+    if args.opt and args.arch:
+        parser.error(f'--opt {args.opt} and --arch {args.arch}: give one of them (the option file names its arch).')
+    if args.arch:
+        MODELS[args.arch] = (args.arch, {'type': args.arch}, (2, 3, 4), {}, {})
+        return args.arch, args.user_modules
+    if not args.opt:
+        return None, []
+    from lwsr_plugin.options import OptionError, load_yaml
+    try:
+        opt = load_yaml(args.opt)
+    except OptionError as err:
+        parser.error(f'--opt {err}')
+    net = opt.get('network_g')
+    if not isinstance(net, dict) or not net.get('type') or not opt.get('scale'):
+        parser.error(f'--opt {args.opt}: no network_g.type or scale; give a test or train option file (e.g. from '
+                     '`lwsr-options copy test_IMDN_x4`).')
+    key = str(opt.get('name') or net['type'])
+    MODELS[key] = (key, dict(net), (int(opt['scale']), ), {}, {})
+    AS_WRITTEN.add(key)
+    return key, list(opt.get('user_modules') or []) + args.user_modules
+
+
+def import_network(key, user_modules, source):
+    """Import ``user_modules`` and check that ``MODELS[key]``'s network is registered and takes its options; an
+    error is returned as one line (None when it builds)."""
+    from lwsr_plugin.registration import UserModuleError, import_user_modules, register, resolve_network
+    register()
+    try:
+        import_user_modules(user_modules, source=source)
+        resolve_network(MODELS[key][1])
+    except (UserModuleError, KeyError, TypeError) as err:
+        return str(err.args[0] if err.args else err)
+    return None
 
 
 def count_macs(net, lr_shape):
@@ -99,10 +150,21 @@ def count_macs(net, lr_shape):
     return total[0], out
 
 
+def planned_repeats(repeats, first_ms, cap_s):
+    """Timed forwards of a model whose first (memory-measuring) forward took ``first_ms``: ``repeats`` where that
+    many fit in ``cap_s`` seconds, each estimated at ``first_ms`` (the slowest forward: it bears the one-time costs);
+    else as many as fit, and where that is fewer than ``MIN_SPREAD`` (of ``repeats`` >= ``MIN_SPREAD``) one: two
+    samples give no spread either and would cost a slow forward more."""
+    fit = max(int(cap_s * 1e3 // max(first_ms, 1e-3)), 1)
+    n = min(repeats, fit)
+    return 1 if n < MIN_SPREAD <= repeats else n
+
+
 def time_forwards(fn, warmup, repeats, sync=None, first=None):
     """Wall-clock ``{'median', 'min', 'p25', 'p75'}`` in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed
-    ones, and ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads. ``first``:
-    (wall ms, processor ms) of a call made before, counted as the first of the ``repeats``."""
+    ones (``p25``/``p75`` None for fewer than ``MIN_SPREAD`` calls), ``'runs'``: the number of timed calls, and
+    ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads. ``first``: (wall ms,
+    processor ms) of a call made before, counted as the first of the ``repeats``."""
     for _ in range(warmup):  # first calls at a new size build oneDNN primitives and grow the allocator's pools
         fn()
     times, cpu_times = ([first[0]], [first[1]]) if first else ([], [])
@@ -115,11 +177,11 @@ def time_forwards(fn, warmup, repeats, sync=None, first=None):
             sync()
         times.append((time.perf_counter() - start) * 1e3)
         cpu_times.append((time.process_time() - cpu_start) * 1e3)
-    if len(times) > 1:
-        p25, median, p75 = statistics.quantiles(times, n=4, method='inclusive')
-    else:
-        p25 = median = p75 = times[0]
-    return {'median': median, 'min': min(times), 'p25': p25, 'p75': p75, 'cpu_time': statistics.median(cpu_times)}
+    p25 = p75 = None
+    if len(times) >= MIN_SPREAD:
+        p25, _, p75 = statistics.quantiles(times, n=4, method='inclusive')
+    return {'median': statistics.median(times), 'min': min(times), 'p25': p25, 'p75': p75, 'runs': len(times),
+            'cpu_time': statistics.median(cpu_times)}
 
 
 class _StderrFdSilenced:
@@ -175,14 +237,15 @@ def lr_shape(key, scale, output_size):
     return (h, w) if key == 'IMDN_AS' else (-(-h // scale), -(-w // scale))
 
 
-def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False):
-    """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions)."""
+def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False, time_cap=TIME_CAP_S):
+    """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions); the CPU
+    forwards timed: :func:`planned_repeats` of ``repeats`` within ``time_cap`` seconds."""
     import torch
 
     from lwsr_plugin.archs.blocks import count_parameters
     from lwsr_plugin.fast import fast_inference_net
     net = build(key, scale)
-    in_ch = 1 if MODELS[key][1]['type'] == 'IDN' else 3
+    in_ch = MODELS[key][1].get('num_in_ch', 1 if MODELS[key][1]['type'] == 'IDN' else 3)
     probe = MAC_PROBE * scale if key == 'IMDN_AS' else MAC_PROBE  # IMDN_AS takes the image at its output size
     macs, out = count_macs(net, (1, in_ch, probe, probe))
     row = {'model': MODELS[key][0], 'key': key, 'scale': scale, 'params': count_parameters(net),
@@ -200,8 +263,9 @@ def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False):
         first = ((time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3)
         # a forward of many seconds (DRN+ at 720p: over a minute) dwarfs its one-time costs (oneDNN primitives,
         # weight packing): the memory-measuring forward is then the first timed one, which halves the report's time
-        t = time_forwards(lambda: net(x), warmup, repeats, first=first if first[0] >= LONG_FORWARD_MS else None)
-    row.update(cpu_ms=t['median'], cpu_ms_min=t['min'], cpu_ms_p25=t['p25'], cpu_ms_p75=t['p75'],
+        t = time_forwards(lambda: net(x), warmup, planned_repeats(repeats, first[0], time_cap),
+                          first=first if first[0] >= LONG_FORWARD_MS else None)
+    row.update(cpu_ms=t['median'], cpu_ms_min=t['min'], cpu_ms_p25=t['p25'], cpu_ms_p75=t['p75'], cpu_runs=t['runs'],
                cpu_time_ms=t['cpu_time'])
     if gpu:
         net = net.cuda()
@@ -215,7 +279,7 @@ def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False):
             torch.cuda.synchronize()
             row['gpu_peak_MB_720p'] = (torch.cuda.max_memory_allocated() - before) / 2**20
         row.update(gpu_ms_720p=t['median'], gpu_ms_720p_min=t['min'], gpu_ms_720p_p25=t['p25'],
-                   gpu_ms_720p_p75=t['p75'])
+                   gpu_ms_720p_p75=t['p75'], gpu_runs_720p=t['runs'])
         net.cpu()
         torch.cuda.empty_cache()
     return row
@@ -230,7 +294,8 @@ def _fmt(value, kind='g'):
 
 
 def _iqr(row, prefix):
-    if row.get(f'{prefix}_p25') is None:
+    """The IQR cell: ``p25-p75``, or ``-`` where fewer than ``MIN_SPREAD`` forwards were timed (no spread)."""
+    if row.get(f'{prefix}_p25') in (None, ''):
         return '-'
     return f"{_fmt(row[f'{prefix}_p25'])}-{_fmt(row[f'{prefix}_p75'])}"
 
@@ -249,8 +314,10 @@ def header(settings):
            if s.get('keep_memory') else 'freed memory goes back to the OS (large maps page-fault on each forward; '
            'lwsr-upscale keeps it where glibc allows).'),
         f"CPU ms: median wall-clock time of {s['repeats']} timed forwards after the memory-measuring forward and "
-        f"{s['warmup']} more warm-up forwards (torch.inference_mode; a memory-measuring forward of 10 s or more is "
-        "the first timed one); IQR: 25th-75th percentile of those forwards. "
+        f"{s['warmup']} more warm-up forwards, or of as many as fit in {s['time_cap']:g} s per model at the "
+        f"memory-measuring forward's time, one where fewer than {MIN_SPREAD} fit (torch.inference_mode; a "
+        "memory-measuring forward of 10 s or more is the first timed one); IQR: 25th-75th percentile of those "
+        f"forwards, '-' for fewer than {MIN_SPREAD}. "
         'CPU time ms: median processor time the process used per forward (all its threads): other processes\' load '
         'barely changes it; at 1 thread on an idle machine it equals CPU ms.',
         'CPU peak MB: the most memory held at once by tensors allocated during the first forward through torch\'s '
@@ -293,6 +360,15 @@ def _csv_value(value):
         value = round(value, 4)
         return int(value) if value.is_integer() else value
     return value
+
+
+def can_plot():
+    """Whether matplotlib, which draws every plot of the plugin's commands, imports here."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def plot_results(results_csv, out_png, title='PSNR vs. parameters'):
@@ -338,16 +414,26 @@ def build_parser():
     p = argparse.ArgumentParser(prog='lwsr-report', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='results/model_report', help='folder for report.md and report.csv')
-    p.add_argument('--models', default=','.join(MODELS), help=f'comma-separated subset of {",".join(MODELS)}')
+    p.add_argument('--models', default=None, help=f'comma-separated subset of {",".join(MODELS)} (default: all, or '
+                   'none beside --opt/--arch)')
+    p.add_argument('--opt', metavar='OPTION_YML', help="also measure this option file's network_g at its scale (its "
+                   'user_modules imported), labelled by its name')
+    p.add_argument('--arch', help='also measure this registered arch, built with upscale=<each of --scales>')
+    p.add_argument('--user-modules', nargs='+', default=[], metavar='ENTRY',
+                   help='folders, .py files or modules to import first, as user_modules: of an option file')
     p.add_argument('--scales', default='2,3,4', help='comma-separated subset of 2,3,4 (IMDN_AS is measured at x4)')
     p.add_argument('--output-size', default='1280x720',
                    help='WxH of the output the latency is measured for (default 1280x720; the LR input is its size / '
                         'scale)')
     p.add_argument('--warmup', type=int, default=0,
                    help='untimed forwards after the first, memory-measuring one (default 0)')
-    p.add_argument('--repeats', type=int, default=1,
-                   help='timed forwards per model; median and IQR (default 1: at 720p the DRN+ rows alone are '
-                        '~7 TMACs per pass, and the whole report must stay within minutes)')
+    p.add_argument('--repeats', type=int, default=MIN_SPREAD,
+                   help=f'timed forwards per model: median, and IQR from {MIN_SPREAD} or more (default '
+                        f'{MIN_SPREAD}); a model gets one where they do not fit in --time-cap')
+    p.add_argument('--time-cap', type=float, default=TIME_CAP_S,
+                   help=f'seconds of timed forwards per model, estimated at its first forward\'s time (default '
+                        f'{TIME_CAP_S:g}: at 720p the DRN+ rows alone are ~7 TMACs per pass, and the whole report '
+                        'must stay within minutes)')
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: one per visible core; on a shared machine, timings then swing '
                         'with other processes\' load, which the CPU time column does not)')
@@ -360,12 +446,20 @@ def build_parser():
 
 
 def _jobs(parser, args):
-    """[(key, scale)] selected by ``--models`` / ``--scales``; a bad value ends with one line naming the option."""
+    """[(key, scale)] selected by ``--models`` / ``--scales`` and ``--opt`` / ``--arch`` (the user's key, its
+    modules: ``args.user``); a bad value ends with one line naming the option."""
+    shipped = ','.join(MODELS)
+    user, args.user = None, (None, [])
+    if args.opt or args.arch:
+        args.user = add_user_model(parser, args)
+        user = args.user[0]
+    if args.models is None:
+        args.models = '' if user else shipped
     keys = [k.strip() for k in args.models.split(',') if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
-    if unknown or not keys:
+    if unknown or not (keys or user):
         parser.error(f'--models {args.models!r}: unknown {", ".join(unknown) or "(empty list)"}; give a '
-                     f'comma-separated subset of {",".join(MODELS)}.')
+                     f'comma-separated subset of {shipped}.')
     try:
         scales = {int(s) for s in args.scales.split(',') if s.strip()}
     except ValueError:
@@ -384,7 +478,11 @@ def _jobs(parser, args):
     for name, least in (('warmup', 0), ('repeats', 1), ('threads', 1)):
         if getattr(args, name) < least:
             parser.error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be at least {least}.')
+    if not args.time_cap > 0:
+        parser.error(f'--time-cap {args.time_cap:g}: must be more than 0 seconds, e.g. --time-cap {TIME_CAP_S:g}.')
     jobs = [(k, s) for k in keys for s in MODELS[k][2] if s in scales]
+    if user:  # the --opt row has its own scale; --arch's are those of --scales
+        jobs += [(user, s) for s in MODELS[user][2] if s in scales or user in AS_WRITTEN]
     if not jobs:
         parser.error(f'--models {args.models} has no variant at --scales {args.scales} (IMDN_AS and sLWSR32C: x4 '
                      'only, IMDN_RTC: x2 only); add a scale or a model.')
@@ -392,11 +490,27 @@ def _jobs(parser, args):
 
 
 def main(argv=None):
+    """``lwsr-report``; the ``--opt``/``--arch`` row joins ``MODELS`` for this call only (a caller's next call, or a
+    test in the same process, sees the shipped models alone)."""
+    shipped, as_written = dict(MODELS), set(AS_WRITTEN)
+    try:
+        return _report(argv)
+    finally:
+        MODELS.clear()
+        MODELS.update(shipped)
+        AS_WRITTEN.intersection_update(as_written)
+
+
+def _report(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.plot:
         if not os.path.isfile(args.plot):
             parser.error(f'--plot {args.plot}: no such file; give a CSV with the columns name,params,psnr.')
+        if not can_plot():
+            print('lwsr-report: --plot needs matplotlib, which is not installed; install it with: '
+                  'pip install "lwsr_plugin[report]"', file=sys.stderr)
+            return 2
         png = args.plot_out or os.path.join(args.out, 'psnr_vs_params.png')
         os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
         try:
@@ -415,12 +529,19 @@ def main(argv=None):
     from lwsr_plugin.ops.device import cpu_name
     from lwsr_plugin.fast.kernels import keep_freed_memory
     torch.set_num_threads(args.threads)
+    if args.user[0]:
+        error = import_network(args.user[0], args.user[1], f'{args.opt}: user_modules' if args.opt else
+                               '--user-modules')
+        if error:
+            print(f'lwsr-report: {"--opt " + args.opt if args.opt else "--arch " + args.arch}: {error}',
+                  file=sys.stderr)
+            return 2
     gpu = torch.cuda.is_available() and not args.no_gpu
     # as lwsr-upscale on CPU: large activations reuse the process's memory; without it every map over 32 MB
     # page-faults anew on each forward, which more than doubled DRN+'s 64 -> 288 1x1 convs at 720p
     kept = keep_freed_memory()
     settings = {'output_size': args.output_size, 'plain': args.plain, 'warmup': args.warmup,
-                'repeats': args.repeats, 'threads': args.threads, 'keep_memory': kept,
+                'repeats': args.repeats, 'time_cap': args.time_cap, 'threads': args.threads, 'keep_memory': kept,
                 'cpu': cpu_name(), 'cores': os.cpu_count(), 'torch': torch.__version__,
                 'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
     csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')
@@ -438,15 +559,15 @@ def main(argv=None):
         for key, scale in bar:
             bar.set_postfix_str(f'{key} x{scale}')
             try:
-                row = measure(key, scale, args.output_size, args.warmup, args.repeats, gpu, args.plain)
+                row = measure(key, scale, args.output_size, args.warmup, args.repeats, gpu, args.plain, args.time_cap)
             except Exception as err:  # one model failing (e.g. out of memory) must not cost the others' rows
                 failures.append(f'{key} x{scale}: {type(err).__name__}: {err}')
                 tqdm.write(f'lwsr-report: {failures[-1]}; skipped.', file=sys.stderr)
                 continue
             rows.append(row)
             tqdm.write(f"{row['model']} x{scale}: {_fmt(row['params'], 'params')} params, CPU {row['cpu_ms']:.1f} ms "
-                       f"(IQR {_iqr(row, 'cpu_ms')}; CPU time {row['cpu_time_ms']:.1f} ms), peak "
-                       f"{row['cpu_peak_MB']:.2f} MB", file=sys.stderr)
+                       f"({row['cpu_runs']} timed, IQR {_iqr(row, 'cpu_ms')}; CPU time {row['cpu_time_ms']:.1f} ms), "
+                       f"peak {row['cpu_peak_MB']:.2f} MB", file=sys.stderr)
             save(f'Partial: {len(rows)} of {len(jobs)} models measured so far.')
     except KeyboardInterrupt:
         bar.close()

@@ -7,9 +7,14 @@ Examples::
     lwsr-reproduce --recipe IDN_x3 --minutes 30
     lwsr-reproduce --recipe IMDN_x4 --minutes 30 --schedule cosine
     lwsr-reproduce --recipe IMDN_x4 --iters 2000 --batch 32 --schedule cosine
+    lwsr-reproduce --opt train_myarch_x4.yml --minutes 30
 
-Run it from the folder that holds ``datasets/`` and the shipped ``options/`` (the lwsr_plugin checkout), or pass
-``--options``.
+``--opt`` takes any training option file instead of a recipe (its ``user_modules`` included): the same budget,
+evaluations and files, under ``<out>/<name>/`` (the option file's ``name``), with bicubic from its ``scale`` and no
+paper number.
+
+Run it from the folder that holds ``datasets/``, from any installation: the recipes are the shipped option files
+(``lwsr-options list``), or those in the folder ``--options`` names.
 
 The run is BasicSR's own ``train_pipeline`` (through :func:`lwsr_plugin.entry.run`, as ``lwsr-train``) on the
 recipe's option file with a few keys changed (name, outputs, seed, budget, validation sets), under a
@@ -42,6 +47,7 @@ from dataclasses import dataclass, field
 
 # Light at module level: no torch/BasicSR (--help and argument errors answer at once).
 from lwsr_plugin.options import load_yaml
+from lwsr_plugin.options.shipped import not_shipped, shipped_dir, shipped_path
 
 # Bicubic on the Y channel, border = scale (IDN Table 2, the same numbers in IMDN's and DRN's tables)
 BICUBIC = {2: {'Set5': 33.66, 'Set14': 30.24}, 3: {'Set5': 30.39, 'Set14': 27.55},
@@ -55,6 +61,7 @@ class Recipe:
     data: str  # 'DIV2K' or '291': what the paper trains on
     paper: dict = field(default_factory=dict)  # Set5/Set14 PSNR of the paper (Y, border = scale)
     paper_source: str = ''
+    shipped: bool = True  # False: a user's option file (--opt), which has no paper to compare with
 
 
 RECIPES = {
@@ -82,9 +89,9 @@ def _exists(root, path):
     return os.path.exists(path if os.path.isabs(path) else os.path.join(root, path))
 
 
-def training_data(recipe, train_set, workdir):
+def training_data(recipe, train_set, workdir, opt_file=None):
     """``(dataset option dict, description)`` for the recipe's training set, falling back from DIV2K to the 291 set;
-    ReproduceError naming the preparation command when neither is there."""
+    ReproduceError naming the preparation command (for the option file ``opt_file``) when neither is there."""
     gt, lq = train_set.get('dataroot_gt'), train_set.get('dataroot_lq')
     if _exists(workdir, gt) and _exists(workdir, lq):
         return dict(train_set), f'{gt} / {lq}'
@@ -101,8 +108,8 @@ def training_data(recipe, train_set, workdir):
         return fallback, f'{hr} / {lr} (the 291 set: DIV2K, the paper\'s data, is not in datasets/)'
     if recipe.data == 'DIV2K':
         raise ReproduceError(f'{gt} is missing: this recipe trains on DIV2K (make it with `lwsr-prepare-div2k '
-                             f'-opt options/{recipe.file}` from the DIV2K download) or, as a fallback, on the 291 set '
-                             f'({hr}; make it with `{prepare}`).')
+                             f'-opt {opt_file or "options/" + recipe.file}` from the DIV2K download) or, as a '
+                             f'fallback, on the 291 set ({hr}; make it with `{prepare}`).')
     raise ReproduceError(f'{gt} is missing: this recipe trains on the 291 set; make it with `{prepare}`.')
 
 
@@ -148,17 +155,45 @@ class Curve:
 
 
 def build_options(recipe_name, options_dir, workdir, minutes, iters, seed, schedule, batch, sets):
+    """``(recipe, option dict, data note)`` of a shipped recipe's run: its option file with the keys the run sets."""
     recipe = RECIPES[recipe_name]
-    path = os.path.join(options_dir, recipe.file)
+    path = os.path.join(options_dir, recipe.file) if options_dir else shipped_path(recipe.file)
+    if path is None:
+        raise ReproduceError(not_shipped(recipe.file))
     if not os.path.isfile(path):
-        raise ReproduceError(f'{path} is missing: run lwsr-reproduce from the lwsr_plugin checkout (it reads the '
-                             'shipped options/) or pass --options <folder with the train_*.yml files>.')
+        raise ReproduceError(f'{path} is missing: pass --options <folder with the train_*.yml files>, or leave '
+                             '--options out for the shipped recipes.')
     opt = load_yaml(path)
-    train_set, notes = training_data(recipe, opt['datasets']['train'], workdir)
+    return (recipe, *_budgeted_options(recipe, opt, path, recipe_name, workdir, iters, seed, schedule, batch, sets))
+
+
+def user_recipe(opt_file):
+    """``(name, Recipe, option dict)`` of a user's training option file: its ``name``, its ``scale``, no paper
+    number; trained on the data it names, or on the 291 set (Y when ``network_g.num_in_ch`` is 1) as a recipe is."""
+    from lwsr_plugin.options import OptionError
+    if not os.path.isfile(opt_file):
+        raise ReproduceError(f'--opt {opt_file}: no such file; give a training option file (e.g. one made by '
+                             '`lwsr-options copy train_IMDN_x4`).')
+    try:
+        opt = load_yaml(opt_file)
+    except OptionError as err:
+        raise ReproduceError(f'--opt {err}') from None
+    missing = [k for k in ('name', 'scale', 'network_g', 'datasets', 'train') if not opt.get(k)]
+    if missing or 'train' not in opt['datasets']:
+        raise ReproduceError(f'--opt {opt_file}: no {", ".join(missing) or "datasets.train"}; give a training option '
+                             'file with name, scale, network_g, datasets.train and train (see train_IMDN_x4.yml).')
+    in_ch = (opt['network_g'] or {}).get('num_in_ch', 3)
+    recipe = Recipe(opt_file, int(opt['scale']), '291' if in_ch == 1 else 'DIV2K', shipped=False)
+    return str(opt['name']), recipe, opt
+
+
+def _budgeted_options(recipe, opt, path, name, workdir, iters, seed, schedule, batch, sets):
+    """``(option dict, data note)``: ``opt`` with the run's name, seed, data, validation sets, batch and budget."""
+    train_set, notes = training_data(recipe, opt['datasets']['train'], workdir, path)
     val_template = next((v for k, v in opt['datasets'].items() if k != 'train'), None)
     if val_template is None:
         raise ReproduceError(f'{path} has no validation set to copy the colour/metric settings from.')
-    opt['name'] = f'reproduce_{recipe_name}'
+    opt['name'] = f'reproduce_{name}'
     opt['manual_seed'] = seed
     opt['datasets'] = {'train': train_set, **validation_sets(val_template, recipe, workdir, sets)}
     paper_batch = train_set.get('batch_size_per_gpu')
@@ -180,25 +215,32 @@ def build_options(recipe_name, options_dir, workdir, minutes, iters, seed, sched
                                         use_tb_logger=False)
     opt['logger']['wandb'] = {'project': None, 'resume_id': None}
     opt.setdefault('path', {}).update(pretrain_network_g=None, resume_state=None)
-    return recipe, opt, notes
+    return opt, notes
 
 
-def run(recipe_name, minutes=None, iters=None, options_dir='options', out='results/reproduce', sets=SETS,
-        evals=8, schedule='paper', seed=0, batch=None, workdir='.'):
-    """Train ``recipe_name`` for ``minutes`` of training time (or ``iters`` iterations); returns the summary dict."""
+def run(recipe_name=None, minutes=None, iters=None, options_dir=None, out='results/reproduce', sets=SETS,
+        evals=8, schedule='paper', seed=0, batch=None, workdir='.', opt_file=None):
+    """Train ``recipe_name`` for ``minutes`` of training time (or ``iters`` iterations) from its option file in
+    ``options_dir`` (None: the shipped one), or the user's option file ``opt_file`` instead of a recipe; returns the
+    summary dict."""
     import yaml
 
     from lwsr_plugin import entry
     from lwsr_plugin.fileio import write_text_atomic
     from lwsr_plugin.patches.budget import TrainingBudget
-    if recipe_name not in RECIPES:
+    if opt_file is None and recipe_name not in RECIPES:
         raise ReproduceError(f'--recipe {recipe_name}: not a recipe. Use one of {", ".join(RECIPES)}.')
     if not minutes and not iters:
         raise ReproduceError('give a budget: --minutes M or --iters N.')
+    if opt_file is None:
+        recipe, opt, data_note = build_options(recipe_name, options_dir, workdir, minutes, iters, seed, schedule,
+                                               batch, sets)
+    else:
+        recipe_name, recipe, opt = user_recipe(opt_file)
+        opt, data_note = _budgeted_options(recipe, opt, opt_file, recipe_name, workdir, iters, seed, schedule, batch,
+                                           sets)
     out_dir = os.path.join(out, recipe_name)
     os.makedirs(out_dir, exist_ok=True)
-    recipe, opt, data_note = build_options(recipe_name, options_dir, workdir, minutes, iters, seed, schedule, batch,
-                                           sets)
     opt['path']['root'] = os.path.abspath(out_dir)  # experiments/ and the log go beside the results
     opt_path = os.path.abspath(os.path.join(out_dir, 'options.yml'))
     write_text_atomic(opt_path, yaml.safe_dump(opt, sort_keys=False))
@@ -241,6 +283,7 @@ def write_curve(path, rows, sets):
 
 
 def _write_results(name, recipe, opt, budget, rows, out_dir, data_note, minutes, iters, schedule):
+    from lwsr_plugin.cli.report import can_plot
     from lwsr_plugin.fileio import atomic_save, write_text_atomic
     sets = [loader.dataset.opt['name'] for loader in budget.val_loaders]
     write_curve(os.path.join(out_dir, 'curve.csv'), rows, sets)
@@ -252,9 +295,9 @@ def _write_results(name, recipe, opt, budget, rows, out_dir, data_note, minutes,
 
     final = rows[-1]
     bicubic = BICUBIC.get(recipe.scale, {})
-    plot_curves([(f'{name} (this run)', rows)], sets, recipe, os.path.join(out_dir, 'curve.png'))
     options = getattr(model, 'train_options', None)
     precision = (options.amp or 'fp32') if options is not None else 'fp32'
+    paper = recipe.shipped
     lines = [f'# lwsr-reproduce {name}', '',
              f'- device: {_device_line(model)}; precision: {precision}; channels_last: '
              f'{getattr(options, "channels_last", False)}',
@@ -263,19 +306,30 @@ def _write_results(name, recipe, opt, budget, rows, out_dir, data_note, minutes,
              f'batch {opt["datasets"]["train"].get("batch_size_per_gpu")}; seed {opt["manual_seed"]}',
              f'- trained: {final["iteration"]} iterations in {final["train_seconds"] / 60:.1f} min of training '
              f'({budget.eval_s / 60:.1f} min of evaluation besides)', '',
-             '| set | PSNR | SSIM | bicubic | gain over bicubic | paper | to the paper |',
-             '|---|---|---|---|---|---|---|']
+             '| set | PSNR | SSIM | bicubic | gain over bicubic |' + (' paper | to the paper |' if paper else ''),
+             '|---|---|---|---|---|' + ('---|---|' if paper else '')]
     summary = {'recipe': name, 'iterations': final['iteration'], 'train_seconds': final['train_seconds'], 'sets': {}}
     for s in sets:
         psnr, ssim = final[f'{s}_psnr'], final[f'{s}_ssim']
         b, p = bicubic.get(s), recipe.paper.get(s)
         lines.append(f'| {s} | {psnr:.2f} | {ssim:.4f} | {b if b is not None else "-"} | '
-                     f'{f"{psnr - b:+.2f}" if b is not None else "-"} | {p if p is not None else "-"} | '
-                     f'{f"{psnr - p:+.2f}" if p is not None else "-"} |')
+                     f'{f"{psnr - b:+.2f}" if b is not None else "-"} |'
+                     + (f' {p if p is not None else "-"} | {f"{psnr - p:+.2f}" if p is not None else "-"} |'
+                        if paper else ''))
         summary['sets'][s] = {'psnr': psnr, 'ssim': ssim, 'bicubic': b, 'paper': p}
-    lines += ['', f'Paper numbers: {recipe.paper_source}. Bicubic: IDN Table 2. The curve: curve.csv, curve.png.', '']
+    plot = can_plot()
+    curve_files = 'curve.csv, curve.png' if plot else 'curve.csv (curve.png skipped: matplotlib is not installed)'
+    source = f'Paper numbers: {recipe.paper_source}.' if paper else \
+        f'{recipe.file}: no paper number (not a shipped recipe).'
+    lines += ['', f'{source} Bicubic: IDN Table 2. The curve: {curve_files}.', '']
     write_text_atomic(os.path.join(out_dir, 'summary.md'), '\n'.join(lines))
     print('\n'.join(lines), flush=True)
+    # the plot last: whatever happens to it, the summary, the CSV and the weights are already on disk
+    if plot:
+        plot_curves([(f'{name} (this run)', rows)], sets, recipe, os.path.join(out_dir, 'curve.png'))
+    else:
+        print('lwsr-reproduce: curve.png skipped: matplotlib is not installed (curve.csv and summary.md are written); '
+              'for the plot install it with: pip install "lwsr_plugin[report]"', file=sys.stderr)
     return summary
 
 
@@ -316,7 +370,11 @@ def plot_curves(curves, sets, recipe, path):
 def parser():
     p = argparse.ArgumentParser(prog='lwsr-reproduce', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--recipe', required=True, choices=list(RECIPES), help='shipped training recipe')
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument('--recipe', choices=list(RECIPES), help='shipped training recipe')
+    what.add_argument('--opt', metavar='TRAIN_YML',
+                      help="any training option file (its user_modules included) instead of a recipe; results under "
+                      "<out>/<its name>/")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument('--minutes', type=float, help='training-time budget (evaluations not counted)')
     budget.add_argument('--iters', type=int, help='iteration budget')
@@ -328,8 +386,9 @@ def parser():
     p.add_argument('--evals', type=int, default=8, help='log-spaced evaluations over the budget')
     p.add_argument('--sets', nargs='+', default=['Set5', 'Set14'], help='evaluation sets under datasets/')
     p.add_argument('--seed', type=int, default=0, help='manual_seed of the run')
-    p.add_argument('--options', default='options', help='folder with the shipped train_*.yml files')
-    p.add_argument('--out', default='results/reproduce', help='results folder (<out>/<recipe>/)')
+    p.add_argument('--options', default=shipped_dir(),
+                   help='folder with the train_*.yml files: the shipped option files unless given')
+    p.add_argument('--out', default='results/reproduce', help='results folder (<out>/<recipe or name>/)')
     return p
 
 
@@ -342,7 +401,7 @@ def main(argv=None):
     if args.batch is not None and args.batch < 1:
         parser().error('--batch must be >= 1')
     try:
-        run(args.recipe, minutes=args.minutes, iters=args.iters, options_dir=args.options, out=args.out,
+        run(args.recipe, opt_file=args.opt, minutes=args.minutes, iters=args.iters, options_dir=args.options, out=args.out,
             sets=args.sets, evals=args.evals, schedule=args.schedule, seed=args.seed, batch=args.batch)
     except ReproduceError as err:
         print(f'lwsr-reproduce: {err}', file=sys.stderr)

@@ -87,7 +87,7 @@ def write_image(path, img):
 
 
 MAX_INPUT_PIXELS = 2**28  # 268 M pixels (16384 x 16384): past this even decoding the input costs GBs
-MAX_OUTPUT_PIXELS = 2**31  # an 8-bit RGB output of 2 G pixels is 6 GB, its float intermediate 24 GB
+MAX_OUTPUT_PIXELS = 2**31  # an 8-bit RGB output of 2 G pixels is 6 GB (a tiled image streams into it)
 AUTO_TILE = 256  # LR tile side chosen when a whole-image forward would not fit
 
 
@@ -156,6 +156,20 @@ class auto_tile:
 
     def __exit__(self, *exc):
         self.up.tile = self.saved
+
+
+@contextlib.contextmanager
+def tile_progress(up, hw, path):
+    """While active, a progress bar of ``path``'s tile forwards (both passes with whole-image statistics), with its
+    ETA, when ``up`` tiles a network input of ``hw`` px; yields its ``update`` (``Upscaler.upscale``'s
+    ``progress``), or None for an untiled image."""
+    from tqdm import tqdm
+    total = up.tile_forwards(hw)
+    if not total:
+        yield None
+        return
+    with tqdm(total=total, desc=os.path.basename(path), unit='tile', leave=False, file=sys.stderr) as bar:
+        yield bar.update
 
 
 @contextlib.contextmanager
@@ -260,14 +274,15 @@ def main(argv=None):
     done = 0
     for path in tqdm(paths, desc=f'{up.name} x{args.outscale or up.scale}', unit='img'):
         target = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + '.png')
+        img = result = None  # the last image and its output go before this one's are made, not after
         try:
             if os.path.exists(target) and not args.overwrite:
                 raise InferenceError(f'{target} exists; pass --overwrite to replace it')
             check_image_size(path, args.outscale or up.scale)
             img = read_any(path)
             lr_hw = img.shape[:2] if up.scale != 1 else [round(n * args.outscale) for n in img.shape[:2]]
-            with auto_tile(up, lr_hw, args.tile, device):
-                result = up.upscale(img, args.outscale)
+            with auto_tile(up, lr_hw, args.tile, device), tile_progress(up, lr_hw, path) as progress:
+                result = up.upscale(img, args.outscale, progress=progress)
             write_image(target, result)
             done += 1
         except (InferenceError, OSError, RuntimeError) as err:

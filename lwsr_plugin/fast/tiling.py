@@ -1,9 +1,12 @@
 """Tiled and self-ensembled forwards of any network, for inference and for validation during training.
 
-``tiled_forward`` cuts an image into cores run inside overlapping windows (no seams, memory bounded by the window
-batch); layers that pool their whole input (IMDN's contrast-aware channel attention, §3.1 of the IMDN paper) get the
-whole image's statistics through a first, collecting pass (``ImageStatistics``). ``self_ensemble`` is the x8
-geometric self-ensemble of the "+" rows of the papers.
+``stream_tiles`` cuts an image into cores run inside overlapping windows (no seams, memory bounded by the window
+batch), one band (row of tiles) at a time, and hands each core's output to its caller as it is computed, so a
+caller can assemble an output of any size in its final form without ever holding the image in float.
+``tiled_forward`` is its tensor form (input and output tensors). Layers that pool their whole input (IMDN's
+contrast-aware channel attention, §3.1 of the IMDN paper) get the whole image's statistics through a first,
+collecting pass over the same bands (``ImageStatistics``). ``self_ensemble`` is the x8 geometric self-ensemble of
+the "+" rows of the papers.
 """
 import torch
 
@@ -17,6 +20,19 @@ class InferenceError(ValueError):
 def tile_starts(size, tile):
     """Starts of the core tiles along one side: 0, tile, 2*tile, ... (the last core may be shorter)."""
     return list(range(0, size, tile))
+
+
+def is_tiled(h, w, tile):
+    """Whether an ``h`` x ``w`` input runs in tiles of ``tile`` px (else in one forward)."""
+    return tile > 0 and (h > tile or w > tile)
+
+
+def tile_count(h, w, tile, stat_layers=()):
+    """Window forwards that ``stream_tiles`` / ``tiled_forward`` run on an ``h`` x ``w`` input: one per tile, twice
+    with ``stat_layers`` (the collecting pass, then the output pass); 0 for an untiled input."""
+    if not is_tiled(h, w, tile):
+        return 0
+    return len(tile_starts(h, tile)) * len(tile_starts(w, tile)) * (2 if stat_layers else 1)
 
 
 class ImageStatistics:
@@ -81,65 +97,92 @@ def tile_stat_layers(net, tile_stats='image', key='tile_stats'):
     return [m for m in net.modules() if hasattr(m, 'stats_hook')] if tile_stats == 'image' else []
 
 
-def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=(), fixed_batch=False, out_device=None):
-    """Seam-free tiled inference: the image is cut into ``tile``-sided cores; each core is run inside a window grown
-    by ``overlap`` LR pixels of real context on every side (shifted inward at the borders, so all windows have one
-    size and run ``batch`` at a time), and only the core's output is kept. Every output pixel comes from exactly one
-    window, with no blending, so there is no seam and memory is bounded by the window batch.
+def stream_tiles(forward, read_rows, size, num_images, scale, tile, overlap=8, batch=4, stat_layers=(),
+                 fixed_batch=False, progress=None):
+    """Seam-free tiled inference, band by band: yields ``(y0, y1, x0, x1, core)`` for every core tile, ``core`` being
+    the network output of input rows ``y0:y1`` and columns ``x0:x1`` (``num_images``, C, (y1-y0)*scale,
+    (x1-x0)*scale), on the forward's device and valid until the next core is asked for.
+
+    The image (``size`` = (h, w)) is cut into ``tile``-sided cores; each core is run inside a window grown by
+    ``overlap`` px of real context on every side (shifted inward at the borders, so all windows have one size and
+    run ``batch`` at a time, within one band), and only the core's output is kept. Every output pixel comes from
+    exactly one window, with no blending, so there is no seam. The input is read one band at a time:
+    ``read_rows(r0, r1)`` returns its rows ``r0:r1`` (``num_images``, C, r1-r0, w) on the forward's device, so
+    memory is one band of input plus one window batch, whatever the image size.
 
     ``stat_layers`` (see ``tile_stat_layers``): layers that pool their whole input; they then get the whole
-    image's statistics through a first, collecting pass (``ImageStatistics``), so tiles match the untiled output.
-    ``fixed_batch``: the last, smaller batch is filled up with repeats of its last window, so every forward has one
-    shape (one CUDA graph serves them all; the extra outputs are dropped). ``out_device``: where the output is
-    assembled; a CPU output of a CUDA forward is pinned host memory that each core is copied to without waiting,
-    so the transfers overlap the next windows' compute."""
-    _, _, h, w = x.shape
-    if tile <= 0 or (h <= tile and w <= tile):
-        return forward(x)
-    n = x.shape[0]
+    image's statistics through a first, collecting pass over the bands (``ImageStatistics``), so tiles match the
+    untiled output; only the second pass yields. ``fixed_batch``: the last, smaller batch of a band is filled up
+    with repeats of its last window, so every forward has one shape (one CUDA graph serves them all; the extra
+    outputs are dropped); without it, a lone window (``batch`` > 1) runs beside one copy of itself. ``progress``:
+    called with the number of windows (copies not counted) after each forward, in both passes."""
+    h, w = size
     win_h, win_w = min(tile + 2 * overlap, h), min(tile + 2 * overlap, w)
-    jobs = []
+    bands = []
     for y0 in tile_starts(h, tile):
-        for x0 in tile_starts(w, tile):
-            sy = min(max(y0 - overlap, 0), h - win_h)
-            sx = min(max(x0 - overlap, 0), w - win_w)
-            jobs.append((y0, min(y0 + tile, h), x0, min(x0 + tile, w), sy, sx))
+        cols = [(x0, min(x0 + tile, w), min(max(x0 - overlap, 0), w - win_w)) for x0 in tile_starts(w, tile)]
+        bands.append((y0, min(y0 + tile, h), min(max(y0 - overlap, 0), h - win_h), cols))
+    windows_per_pass = len(bands) * len(bands[0][3])
 
-    out_device = torch.device(out_device) if out_device is not None else x.device
-    pinned = out_device.type == 'cpu' and x.is_cuda
-
-    def run(keep, stats=None):
-        out = None
-        for i in range(0, len(jobs), batch):
-            group = jobs[i:i + batch]
-            if stats is not None:
-                stats.regions = [(img, y0 - sy, y1 - sy, x0 - sx, x1 - sx, win_h, win_w)
-                                 for y0, y1, x0, x1, sy, sx in group for img in range(n)]
-            starts = [(sy, sx) for _, _, _, _, sy, sx in group]
-            if fixed_batch and stats is None and len(jobs) > batch:
-                starts += starts[-1:] * (batch - len(group))
-            windows = torch.cat([x[..., sy:sy + win_h, sx:sx + win_w] for sy, sx in starts], dim=0)
-            res = forward(windows)
-            if not keep:
-                continue
-            res = res.split(n, dim=0)
-            if out is None:
-                out = torch.empty((n, res[0].shape[1], h * scale, w * scale), dtype=res[0].dtype, device=out_device,
-                                  pin_memory=pinned)
-            for (y0, y1, x0, x1, sy, sx), r in zip(group, res):
-                out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale].copy_(
-                    r[..., (y0 - sy) * scale:(y1 - sy) * scale, (x0 - sx) * scale:(x1 - sx) * scale],
-                    non_blocking=pinned)
-        if pinned:
-            torch.cuda.current_stream(x.device).synchronize()  # the last non-blocking copies have landed
-        return out
+    def run(stats):
+        for y0, y1, sy, cols in bands:
+            band = read_rows(sy, sy + win_h)
+            for i in range(0, len(cols), batch):
+                group = cols[i:i + batch]
+                fill = 0
+                if fixed_batch and stats is None and windows_per_pass > batch:
+                    fill = batch - len(group)
+                elif len(group) * num_images == 1 and batch > 1:
+                    # a network may take another path for a single image (the fast IMDN folds its attention into a
+                    # weight, equal up to float rounding): a lone window runs beside a copy of itself, so no
+                    # window's output depends on how the windows fall into batches
+                    fill = 1
+                starts = [sx for _, _, sx in group] + [group[-1][2]] * fill
+                if stats is not None:  # the copies' cores are empty: they add nothing to the statistics
+                    stats.regions = [(img, y0 - sy, y1 - sy, x0 - sx, x1 - sx, win_h, win_w)
+                                     for x0, x1, sx in group for img in range(num_images)]
+                    stats.regions += [(img, 0, 0, 0, 0, win_h, win_w) for _ in range(fill) for img in range(num_images)]
+                res = forward(torch.cat([band[..., sx:sx + win_w] for sx in starts], dim=0))
+                if progress is not None:
+                    progress(len(group))
+                if stats is not None and stats.collecting:
+                    continue
+                for (x0, x1, sx), r in zip(group, res.split(num_images, dim=0)):
+                    yield y0, y1, x0, x1, r[..., (y0 - sy) * scale:(y1 - sy) * scale,
+                                            (x0 - sx) * scale:(x1 - sx) * scale]
+            del band  # the next band's rows replace it, not join it
 
     if not stat_layers:
-        return run(True)
-    with ImageStatistics(stat_layers, n) as stats:
-        run(False, stats)
+        yield from run(None)
+        return
+    with ImageStatistics(stat_layers, num_images) as stats:
+        for _ in run(stats):
+            pass
         stats.finish_collecting()
-        return run(True, stats)
+        yield from run(stats)
+
+
+def tiled_forward(forward, x, scale, tile, overlap=8, batch=4, stat_layers=(), fixed_batch=False, out_device=None,
+                  progress=None):
+    """``stream_tiles`` on a tensor ``x`` (N, C, H, W), its cores assembled into one output tensor (a single forward
+    when ``x`` fits one tile). ``out_device``: where the output is assembled; a CPU output of a CUDA forward is
+    pinned host memory that each core is copied to without waiting, so the transfers overlap the next windows'
+    compute. The other arguments are ``stream_tiles``'s."""
+    n, _, h, w = x.shape
+    if not is_tiled(h, w, tile):
+        return forward(x)
+    out_device = torch.device(out_device) if out_device is not None else x.device
+    pinned = out_device.type == 'cpu' and x.is_cuda
+    out = None
+    for y0, y1, x0, x1, core in stream_tiles(forward, lambda r0, r1: x[..., r0:r1, :], (h, w), n, scale, tile,
+                                             overlap, batch, stat_layers, fixed_batch, progress):
+        if out is None:
+            out = torch.empty((n, core.shape[1], h * scale, w * scale), dtype=core.dtype, device=out_device,
+                              pin_memory=pinned)
+        out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale].copy_(core, non_blocking=pinned)
+    if pinned:
+        torch.cuda.current_stream(x.device).synchronize()  # the last non-blocking copies have landed
+    return out
 
 
 def self_ensemble(forward, x):

@@ -30,9 +30,10 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from lwsr_plugin.fast.tiling import self_ensemble, tile_stat_layers, tiled_forward
 from lwsr_plugin.fileio import all_finite, require_safetensors, save_safetensors
 from lwsr_plugin.models.training_options import TrainingOptionError, TrainingOptions, accumulate_steps
+from lwsr_plugin.options import keys
 from lwsr_plugin.patches.checkpoints import extra_training_state
 
-SAVE_FORMATS = ('pth', 'safetensors')
+SAVE_FORMATS = keys.allowed('logger.save_format')
 
 
 @MODEL_REGISTRY.register()
@@ -55,7 +56,7 @@ class LWSRModel(SRModel):
         num_gpu = opt.get('num_gpu', 0)
         device = torch.device('cuda' if num_gpu not in (0, None) and torch.cuda.is_available() else 'cpu')
         options = TrainingOptions(opt, device)
-        save_format = str((opt.get('logger') or {}).get('save_format', 'pth')).lower()
+        save_format = str((opt.get('logger') or {}).get('save_format', keys.default('logger.save_format'))).lower()
         if save_format not in SAVE_FORMATS:
             raise TrainingOptionError(f'logger.save_format: {save_format!r} is not a checkpoint format. Use '
                                       'safetensors or pth.')
@@ -207,16 +208,17 @@ class LWSRModel(SRModel):
     def _inference(self, net):
         val_opt = self.opt.get('val') or {}
         scale = self.opt['scale']
-        tile, overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 16))
+        tile = int(val_opt.get('tile', keys.default('val.tile')) or 0)
+        overlap = int(val_opt.get('tile_overlap', keys.default('val.tile_overlap')))
 
         if overlap < 0:
             raise ValueError(f'val.tile_overlap must be >= 0, got {overlap}.')
-        layers = tile_stat_layers(net, val_opt.get('tile_stats', 'image'), 'val.tile_stats')
+        layers = tile_stat_layers(net, val_opt.get('tile_stats', keys.default('val.tile_stats')), 'val.tile_stats')
 
         def forward(x):
             return tiled_forward(net, x, scale, tile, overlap, stat_layers=layers)
 
-        if val_opt.get('self_ensemble', False):
+        if val_opt.get('self_ensemble', keys.default('val.self_ensemble')):
             return self_ensemble(forward, self.lq)
         return forward(self.lq)
 

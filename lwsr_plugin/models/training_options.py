@@ -23,6 +23,8 @@ Option keys, under ``train`` (all optional; the defaults train exactly as BasicS
                           # a resumed run then equals the uninterrupted one; CPU kernels are deterministic already
 
 and under ``val``: ``amp: false`` (validation in fp32 so PSNR is comparable; true = the training precision).
+The accepted values and the defaults are declared once, in :mod:`lwsr_plugin.options.keys` (which the option-file
+schema is made from); this module parses them.
 
 The non-finite guard: a step whose loss or gradients are not finite leaves the weights and the optimizer state as
 they were (the optimizer does not step); it is counted and logged. Gradients are checked after DDP has averaged
@@ -38,9 +40,10 @@ import torch
 from basicsr.utils import get_root_logger
 
 from lwsr_plugin.ops.device import limitation
+from lwsr_plugin.options import keys
+from lwsr_plugin.options.keys import COMPILE_MODES
 
-AMP_VALUES = ('bf16', 'fp16', 'auto', False)
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+AMP_VALUES = keys.allowed('train.amp')
 
 
 _WARNED = set()
@@ -63,31 +66,24 @@ class NonFiniteTrainingError(SystemExit):
 
 
 def _normalise_amp(value):
-    if value in (None, False, 'false', 'False', 'none', 'off', 'fp32', 'no'):
-        return False
-    if isinstance(value, str) and value.lower() in ('bf16', 'bfloat16'):
-        return 'bf16'
-    if isinstance(value, str) and value.lower() in ('fp16', 'float16', 'half'):
-        return 'fp16'
-    if value is True or (isinstance(value, str) and value.lower() == 'auto'):
-        return 'auto'
-    raise TrainingOptionError(f'train.amp: {value!r} is not a precision. Use bf16, fp16 (CUDA only), auto or false.')
+    try:
+        return keys.parse('train.amp', value)
+    except ValueError:
+        raise TrainingOptionError(f'train.amp: {value!r} is not a precision. Use bf16, fp16 (CUDA only), auto or '
+                                  'false.') from None
 
 
 def _normalise_compile(value):
-    if value in (None, False, 'false', 'False', 'none', 'off', 'no'):
-        return False
-    if value is True or value in ('true', 'True', 'on', 'yes'):
-        return 'default'
-    if value in COMPILE_MODES:
-        return value
-    raise TrainingOptionError(f'train.compile: {value!r} is not a torch.compile mode. Use false, true or one of '
-                              f'{list(COMPILE_MODES)}.')
+    try:
+        return keys.parse('train.compile', value)
+    except ValueError:
+        raise TrainingOptionError(f'train.compile: {value!r} is not a torch.compile mode. Use false, true or one of '
+                                  f'{list(COMPILE_MODES)}.') from None
 
 
 def accumulate_steps(train_opt):
     """``train.accumulate`` as an int >= 1; TrainingOptionError naming the option otherwise."""
-    value = train_opt.get('accumulate', 1)
+    value = train_opt.get('accumulate', keys.default('train.accumulate'))
     if value is None:
         return 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,7 +99,7 @@ class TrainingOptions:
         train_opt = opt.get('train') or {}
         val_opt = opt.get('val') or {}
         self.device = device
-        amp = _normalise_amp(train_opt.get('amp', False))
+        amp = _normalise_amp(train_opt.get('amp', keys.default('train.amp')))
         if amp == 'auto':
             amp = 'bf16' if limitation(device, 'bf16') is None else False
         limit = limitation(device, amp) if amp else None
@@ -116,9 +112,9 @@ class TrainingOptions:
             _warn_once(f'train.amp: bf16: {limit.reason}; `amp: auto` (or false) trains in fp32.')
         self.amp = amp
         self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp)
-        self.channels_last = bool(train_opt.get('channels_last', False))
-        self.compile = _normalise_compile(train_opt.get('compile', False))
-        clip = train_opt.get('grad_clip')
+        self.channels_last = bool(train_opt.get('channels_last', keys.default('train.channels_last')))
+        self.compile = _normalise_compile(train_opt.get('compile', keys.default('train.compile')))
+        clip = train_opt.get('grad_clip', keys.default('train.grad_clip'))
         try:
             self.grad_clip = float(clip) if clip not in (None, False) else 0.0
         except (TypeError, ValueError):
@@ -126,13 +122,13 @@ class TrainingOptions:
                                       'e.g. `grad_clip: 1.0`, or ~ to turn clipping off.') from None
         if self.grad_clip < 0 or math.isnan(self.grad_clip):
             raise TrainingOptionError(f'train.grad_clip: {clip} must be >= 0 (0 or ~ = off).')
-        self.tf32 = bool(train_opt.get('tf32', True))
-        self.max_nonfinite = int(train_opt.get('max_nonfinite_steps', 10))
+        self.tf32 = bool(train_opt.get('tf32', keys.default('train.tf32')))
+        self.max_nonfinite = int(train_opt.get('max_nonfinite_steps', keys.default('train.max_nonfinite_steps')))
         if self.max_nonfinite < 1:
             raise TrainingOptionError('train.max_nonfinite_steps must be >= 1.')
-        self.val_amp = bool(val_opt.get('amp', False))
+        self.val_amp = bool(val_opt.get('amp', keys.default('val.amp')))
         self.accumulate = accumulate_steps(train_opt)
-        self.deterministic = bool(train_opt.get('deterministic', False))
+        self.deterministic = bool(train_opt.get('deterministic', keys.default('train.deterministic')))
         self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0

@@ -30,6 +30,9 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from lwsr_plugin.models.lwsr_model import LWSRModel
+from lwsr_plugin.options import keys
+
+TWO_STAGE_KEYS = tuple(k.name for k in keys.under('train.two_stage'))
 
 
 def _smallest_training_image(dataset_opt):
@@ -86,7 +89,7 @@ class TwoStageSRModel(LWSRModel):
         scale = int(self.opt.get('scale', 1))
         loader_opt = self.opt.get('datasets', {}).get('train', {})
         loader_gt = loader_opt.get('gt_size')
-        unknown = set(ts) - {'switch_iter', 'stage1_gt_size', 'gt_size', 'pixel_opt', 'lr_factor', 'reset_optimizer'}
+        unknown = set(ts) - set(TWO_STAGE_KEYS)
         if unknown:
             raise ValueError(f'train.two_stage: unknown keys {sorted(unknown)}.')
         if 'switch_iter' not in ts or 'pixel_opt' not in ts:
@@ -111,12 +114,13 @@ class TwoStageSRModel(LWSRModel):
                              f'training image {smallest[1]!r} ({smallest[0]} px), which BasicSR cannot crop. Leave '
                              'such images out of the training set (as Caffe\'s offline patch extraction did) or use '
                              'smaller patches.')
-        lr_factor = float(ts.get('lr_factor', 0.1))
+        lr_factor = float(ts.get('lr_factor', keys.default('train.two_stage.lr_factor')))
         if not lr_factor > 0:
             raise ValueError(f'train.two_stage.lr_factor must be > 0, got {lr_factor}.')
         self.two_stage = dict(switch_iter=switch, stage1_gt_size=stage1_gt, gt_size=stage2_gt,
                               pixel_opt=dict(ts['pixel_opt']), lr_factor=lr_factor,
-                              reset_optimizer=bool(ts.get('reset_optimizer', False)))
+                              reset_optimizer=bool(ts.get('reset_optimizer',
+                                                          keys.default('train.two_stage.reset_optimizer'))))
 
     # ------------------------------------------------------------------------------------------------- training
     def _crop_batch(self, gt_size):

@@ -1,8 +1,8 @@
 """What this machine's devices can run, one answer for training and for inference: native bf16
-(:func:`bf16_native`), the CPU's model and vector ISA (:func:`cpu_name`), whether a precision or ``torch.compile``
-runs on a device and why not (:func:`limitation`, the one answer both ``train.amp`` / ``train.compile`` and the
-inference flags use), and the inference flags checked against it (:func:`check_runtime`, one line naming the flag and
-the fix).
+(:func:`bf16_native`), the CPU's model and vector ISA (:func:`cpu_name`, and :func:`machine_line`, the line naming
+the machine above a measured table), whether a precision or ``torch.compile`` runs on a device and why not
+(:func:`limitation`, the one answer both ``train.amp`` / ``train.compile`` and the inference flags use), and the
+inference flags checked against it (:func:`check_runtime`, one line naming the flag and the fix).
 """
 import logging
 import platform
@@ -42,6 +42,32 @@ def cpu_name():
     if isa and getattr(getattr(torch, 'cpu', None), '_is_amx_tile_supported', lambda: False)():
         isa += ' + AMX'
     return f'{name} ({isa})' if isa else name
+
+
+def machine_line(argv=None, gpu=None):
+    """The one line that heads a measured table: the CPU's model and ISA (:func:`cpu_name`), the cores visible,
+    torch's CPU threads and version, the GPU when ``gpu`` (a CUDA device index or name) is given, and the command
+    that measured it, from ``argv`` (``sys.argv``'s form: a script path, shown as ``python <path relative to the
+    working directory>``, or a command name), e.g. "Machine: AMD EPYC 7B13 (AVX2), 16 CPU cores visible, 16 torch
+    threads, torch 2.5.1. Command: `python scripts/benchmark_startup.py --repeats 5`." (no command without ``argv``).
+    """
+    import os
+    import shlex
+    threads = torch.get_num_threads()
+    line = (f'Machine: {cpu_name()}, {os.cpu_count()} CPU cores visible, {threads} torch thread'
+            f'{"" if threads == 1 else "s"}, torch {torch.__version__}')
+    if gpu is not None:
+        line += f', GPU: {torch.cuda.get_device_name(gpu)}'
+    line += '.'
+    if argv:
+        prog = str(argv[0])
+        if prog.endswith('.py'):
+            rel = os.path.relpath(prog)
+            prog = 'python ' + (prog if rel.startswith('..') else rel)
+        else:
+            prog = os.path.basename(prog)
+        line += f' Command: `{" ".join([prog] + [shlex.quote(str(a)) for a in argv[1:]])}`.'
+    return line
 
 
 class Limitation(NamedTuple):

@@ -1,6 +1,8 @@
 """Option files, read in one place below the commands: the ``-opt`` argument of a BasicSR command line
-(:func:`opt_path`), the YAML (:func:`load_yaml`), the output root, the test sets that are present; the checks run
-before BasicSR starts live in :mod:`lwsr_plugin.options.checks`. YAML only at import: no torch.
+(:func:`opt_path`; a shipped file by name, :func:`resolve_shipped`), the YAML (:func:`load_yaml`), the output root,
+the test sets that are present; the checks run before BasicSR starts live in :mod:`lwsr_plugin.options.checks`, the
+shipped option files (the repository's ``options/``) in :mod:`lwsr_plugin.options.shipped`. YAML only at import: no
+torch. ``datasets.<phase>.num_worker_per_gpu: auto`` is resolved in :mod:`lwsr_plugin.options.workers`.
 
 Output root (``experiments/``, ``tb_logger/``, ``results/``), first match wins:
 
@@ -17,6 +19,8 @@ import sys
 import tempfile
 
 import yaml
+
+from lwsr_plugin.options.shipped import not_shipped, shipped_name, shipped_path
 
 ENV_ROOT = 'LWSR_ROOT'
 
@@ -81,6 +85,22 @@ def opt_index(argv):
         if arg == '-opt':
             return i + 1
     return None
+
+
+def resolve_shipped(argv):
+    """Point ``-opt NAME`` in ``argv`` (a list, changed in place) at the shipped option file NAME when no file NAME
+    exists here: ``train_IMDN_x4``, ``train_IMDN_x4.yml`` and ``options/train_IMDN_x4.yml`` then run from any folder.
+    Returns the shipped path, or None when ``-opt`` names an existing file or a path elsewhere (which ``load_yaml``
+    reports); OptionError with the closest shipped names for a name that is neither here nor shipped."""
+    i = opt_index(argv)
+    if i is None or os.path.exists(argv[i]):
+        return None
+    path = shipped_path(argv[i])
+    if path is not None:
+        argv[i] = path
+    elif shipped_name(argv[i]) is not None:
+        raise OptionError('-opt ' + not_shipped(argv[i], f'no such option file in {os.getcwd()}, nor a shipped one'))
+    return path
 
 
 def dataset_paths(opt, root):

@@ -2,16 +2,17 @@
 instead of a traceback minutes into a run (or after ``experiments/<name>`` was archived).
 
 What is checked without reading any pixel: required keys (``scale``, ``train.total_iter``, ``optim_g``, a loss,
-``gt_size`` ...), registered types (arch, model, dataset, loss, metric, optimizer, scheduler), and the data that
-BasicSR's paired datasets would read: folders that exist and hold only images, an LR image for every GT image, LR x
-scale = GT (image headers, or ``meta_info.txt`` of an LMDB), ``gt_size`` against the smallest image, a batch that the
-set can fill, PNG/JPEG files cut short, LMDB files cut short (SIGBUS otherwise) and ``meta_info.txt`` keys that are
-not stored.
+``gt_size`` ...), registered types (arch, model, dataset, loss, metric, optimizer, scheduler), ``num_worker_per_gpu`` (a
+count or ``auto``), and the data that BasicSR's paired datasets would read: folders that exist and hold only images, an
+LR image for every GT image, LR x scale = GT (image headers, or ``meta_info.txt`` of an LMDB), ``gt_size`` against the
+smallest image, a batch that the set can fill, PNG/JPEG files cut short, LMDB files cut short (SIGBUS otherwise) and
+``meta_info.txt`` keys that are not stored.
 """
 import os
 import sys
 
-from lwsr_plugin.options import OptionError, dataset_paths, load_yaml, opt_path
+from lwsr_plugin.options import OptionError, dataset_paths, keys, load_yaml, opt_path
+from lwsr_plugin.options.workers import check_num_workers
 
 # datasets that read dataroot_gt/dataroot_lq with BasicSR's pairing rules (filename_tmpl, meta_info, LMDB keys)
 PAIRED_TYPES = ('PairedImageDataset', 'PairedGrayImageDataset', 'UpsampledPairedImageDataset',
@@ -234,8 +235,12 @@ def _check_datasets(opt, root, kind):
             raise OptionError(f'{label}.type: {dtype!r} is not registered in BasicSR\'s DATASET_REGISTRY'
                               + (f'; did you mean {close}?' if close else '.')
                               + ' For your own dataset, list its file under `user_modules:`.')
-        if ds.get('on_corrupt', 'stop') not in ('stop', 'skip'):
-            raise OptionError(f'{label}.on_corrupt: {ds["on_corrupt"]!r} is not `stop` or `skip` (what to do with an '
+        if 'num_worker_per_gpu' in ds:
+            check_num_workers(label, ds['num_worker_per_gpu'])
+        on_corrupt = keys.allowed('datasets.*.on_corrupt')
+        if ds.get('on_corrupt', keys.default('datasets.*.on_corrupt')) not in on_corrupt:
+            raise OptionError(f'{label}.on_corrupt: {ds["on_corrupt"]!r} is not '
+                              f'{" or ".join(f"`{v}`" for v in on_corrupt)} (what to do with an '
                               'image that cannot be decoded).')
         if dtype not in PAIRED_TYPES:
             continue
@@ -416,24 +421,66 @@ def _check_pair_sizes(label, pairs, scale, train_ds, exact):
                           'small images.')
 
 
+def _processes():
+    """``(processes, rank)`` of the run BasicSR is about to start: torchrun's or srun's task count when
+    ``--launcher pytorch``/``slurm`` makes it distributed; one process otherwise (torchrun without ``--launcher``
+    starts independent runs)."""
+    argv = sys.argv[1:]
+    launcher = next((a.split('=', 1)[1] for a in argv if a.startswith('--launcher=')), None)
+    if launcher is None and '--launcher' in argv[:-1]:
+        launcher = argv[argv.index('--launcher') + 1]
+    if launcher == 'pytorch':
+        return int(os.environ.get('WORLD_SIZE') or 1), int(os.environ.get('RANK') or 0)
+    if launcher == 'slurm':  # init_dist sets RANK/WORLD_SIZE from these only later
+        return int(os.environ.get('SLURM_NTASKS') or 1), int(os.environ.get('SLURM_PROCID') or 0)
+    return 1, 0
+
+
 def _check_batch(opt, label, ds, n_pairs):
-    """A batch larger than the set (times ``dataset_enlarge_ratio``) gives 0 iterations per epoch: BasicSR drops
-    the incomplete last batch, then "trains" 0 iterations and saves an untrained network."""
-    world = int(os.environ.get('WORLD_SIZE', '1') or 1)
+    """What each process's training loader draws, counted as BasicSR 1.4.2 draws it: ``EnlargedSampler`` gives each of
+    P processes ``ceil(pairs x dataset_enlarge_ratio / P)`` samples (the epoch's order padded with repeats), and the
+    loader takes batches of ``batch_size_per_gpu x train.accumulate`` (times ``num_gpu`` for one DataParallel process)
+    and drops the incomplete last one. A share smaller than one batch gives 0 iterations per epoch (BasicSR then
+    "trains" 0 iterations and saves an untrained network): refused. A set smaller than P batches trains as BasicSR
+    trains it, with one warning on rank 0 that the ranks see repeated samples."""
+    import math
+    world, rank = _processes()
     num_gpu = opt.get('num_gpu', 1)
     from lwsr_plugin.models.training_options import TrainingOptionError, accumulate_steps
     try:
         accumulate = accumulate_steps(opt.get('train') or {})
     except TrainingOptionError:  # refused with its fix by the model's option check or apply_accumulate
         accumulate = 1
-    per_gpu = ds.get('batch_size_per_gpu', 1) * accumulate  # the loader's batch (lwsr_model.apply_accumulate)
-    batch = per_gpu * world if world > 1 else per_gpu * max(num_gpu if isinstance(num_gpu, int) else 1, 1)
+    gpus = 1
+    if world == 1:  # BasicSR's non-distributed loader multiplies the batch by num_gpu (0: CPU counts as 1)
+        if num_gpu == 'auto':
+            import torch
+            num_gpu = torch.cuda.device_count()  # what BasicSR's parse_options sets
+        gpus = max(num_gpu if isinstance(num_gpu, int) else 1, 1)
+    batch = ds.get('batch_size_per_gpu', 1) * accumulate * gpus  # the loader's batch (lwsr_model.apply_accumulate)
     ratio = ds.get('dataset_enlarge_ratio', 1)
-    if n_pairs * ratio < batch:
-        what = f'a batch of {batch}' + (f' ({accumulate} micro-batches, train.accumulate)' if accumulate > 1 else '')
-        raise OptionError(f'{label}.batch_size_per_gpu: {what} is larger than the training set ({n_pairs} '
-                          f'pairs x dataset_enlarge_ratio {ratio}), so no batch would ever be drawn. Lower '
-                          'batch_size_per_gpu or raise dataset_enlarge_ratio.')
+    share = math.ceil(n_pairs * ratio / world)
+    if share < batch:
+        parts = [f'{gpus} GPUs, num_gpu'] * (gpus > 1) + [f'{accumulate} micro-batches, train.accumulate'] * (
+            accumulate > 1)
+        what = f'a batch of {batch}' + (f' ({"; ".join(parts)})' if parts else '')
+        fit = share // (accumulate * gpus)
+        need = math.ceil(((batch - 1) * world + 1) / n_pairs)  # the least ratio that gives every process one batch
+        fixes = [f'batch_size_per_gpu: {fit} (or less)'] * (fit > 0) + [f'dataset_enlarge_ratio: {need} (or more)']
+        if world == 1:
+            raise OptionError(f'{label}.batch_size_per_gpu: {what} is larger than the training set ({n_pairs} pairs x '
+                              f'dataset_enlarge_ratio {ratio}), so no batch would ever be drawn. Use '
+                              f'{" or ".join(fixes)}.')
+        raise OptionError(f'{label}.batch_size_per_gpu: {world} processes x {what} need {world * batch} samples, but '
+                          f'each process draws only ceil({n_pairs} pairs x dataset_enlarge_ratio {ratio} / {world}) = '
+                          f'{share} per epoch and BasicSR drops an incomplete batch, so no batch would ever be drawn. '
+                          f'Use {" or ".join(fixes)}, or start fewer processes.')
+    if n_pairs * ratio < world * batch and rank == 0:
+        # BasicSR trains this (each share is padded); one line before the run says why steps repeat samples
+        print(f'lwsr_plugin: warning: {label}: {world} processes x a batch of {batch} draw {world * batch} samples '
+              f"per step from {n_pairs} pairs x dataset_enlarge_ratio {ratio}; BasicSR pads each process's share to "
+              f'{share}, so ranks see repeated samples. Add pairs or start fewer processes for distinct ones.',
+              file=sys.stderr, flush=True)
 
 
 USAGE_ERROR = 2  # exit status of a run refused before it started (bad option file or command line)

@@ -27,6 +27,12 @@ outside this folder replaces a BasicSR name. What is patched, and why:
    loop when their budget is spent and set the learning rate from the budget's progress.
 10. Dataset reads that name an undecodable image, and validation/test images written through a temporary name
     (installed by :mod:`lwsr_plugin.entry` for its runs, :mod:`.pipeline`).
+11. TensorBoard (:mod:`.tensorboard`): BasicSR writes only scalars of losses and metrics; every validation also writes
+    LR | bicubic | SR | HR crops of its first images, and every logging step the it/s, the data-wait share and the
+    learning rate.
+12. Intra-op threads that fit the CPUs other processes leave free, re-checked during training, with a log line when
+    they are lowered (``LWSR_THREADS=<n>`` fixes them): OpenMP threads spinning on cores another run needs made two
+    trainings on the same cores each run at a quarter of their solo speed instead of a half (:mod:`.threads`).
 """
 import sys
 
@@ -40,7 +46,7 @@ from basicsr.utils import dist_util as _dist_util  # noqa: E402
 from basicsr.utils import logger as _logger  # noqa: E402
 from basicsr.utils import options as _options  # noqa: E402
 
-from . import budget, checkpoints, distributed, pipeline, resume  # noqa: E402
+from . import budget, checkpoints, distributed, pipeline, resume, tensorboard, threads  # noqa: E402
 
 _PATCHED = '_lwsr_plugin_patched'
 
@@ -59,6 +65,7 @@ def apply():
     BaseModel.update_learning_rate = pipeline.wrap_update_learning_rate(BaseModel.update_learning_rate)
     _base_model.torch = checkpoints.TorchWithAtomicSave()
     _logger.MessageLogger.__call__ = pipeline.wrap_message_logger_call(_logger.MessageLogger.__call__)
+    tensorboard.install()  # outside the wraps above: it reads the timers before the line pops them
     parse_options = pipeline.wrap_parse_options(_options.parse_options)
     _options.parse_options = parse_options  # before basicsr.train/test import the name (and __main__ scripts)
     import basicsr.archs
@@ -73,6 +80,7 @@ def apply():
     train_mod.load_resume_state = checkpoints.load_resume_state
     resume.install()  # exact resume and the keyed data stream; wraps the load_resume_state just set
     budget.install()  # passes through unless a budget is active
+    threads.install()  # after pipeline's wrap, so the thread check runs before the iteration's progress line
     for mod in (train_mod, test_mod):
         mod.parse_options = parse_options
         mod.get_root_logger = pipeline.wrap_get_root_logger(_logger.get_root_logger)

@@ -13,9 +13,12 @@ weights are consistent) runs the budget's step:
   (:class:`Schedule`: ``cosine`` with warm-up and end value, ``wsd``) after BasicSR's scheduler stepped;
 * callbacks: ``evaluate(budget)`` at the given moments of the budget and at its end (the time it takes is not
   training time), ``show(budget)`` every iteration and once more when training ends (``budget.finished``).
+* progress: the plugin's progress line and BasicSR's periodic line count the budget (``spent()``, ``eta()``), not
+  the option file's ``total_iter`` (:mod:`.pipeline`).
 
 The two BasicSR names are replaced once, on first use; with no budget active the replacements only pass through.
 """
+import datetime
 import math
 import time
 
@@ -73,7 +76,7 @@ class TrainingBudget:
 
     What the callbacks read: ``model``, ``val_loaders``, ``done`` (iterations complete), ``train_s``, ``eval_s``,
     ``wall_s``, ``seconds`` (the time budget, once known), ``iters``, ``progress()``, ``rate()``, ``left_s()``,
-    ``finished`` and ``reason`` ('time' or 'iterations' when the budget ended the loop).
+    ``eta()``, ``spent()``, ``finished`` and ``reason`` ('time' or 'iterations' when the budget ended the loop).
     """
 
     SCHEDULES = ('none', 'paper') + Schedule.KINDS
@@ -122,6 +125,22 @@ class TrainingBudget:
         if self.iters and rate:
             left = min(left, (self.iters - self.done) / rate)
         return max(left, 0.0)
+
+    def eta(self):
+        """``left_s()`` as a ``timedelta`` of whole seconds; None while it is unknown (no iteration timed yet)."""
+        left = self.left_s()
+        return None if math.isinf(left) else datetime.timedelta(seconds=int(left))
+
+    def spent(self):
+        """What is spent of the budget and its total, e.g. ``budget 1.2/3.0 min`` or ``budget 155/700 iters`` (both
+        parts when the budget has both)."""
+        parts = []
+        if self.seconds is not None:  # seconds under two minutes: a tenth of a minute would hide the progress
+            unit, scale = ('min', 60) if self.seconds >= 120 else ('s', 1)
+            parts.append(f'{self.train_s / scale:.1f}/{self.seconds / scale:.1f} {unit}')
+        if self.iters:
+            parts.append(f'{self.done:,}/{self.iters:,} iters')
+        return 'budget ' + ', '.join(parts)
 
     # ------------------------------------------------------------------------------------------------ the hooks
     def __enter__(self):
@@ -215,6 +234,11 @@ class TrainingBudget:
                                    'Save the latest model.')
             self.model.save(epoch=-1, current_iter=-1)  # what train_pipeline saves when its loop ends
         raise BudgetSpent(reason)
+
+
+def active():
+    """The budget of the running pipeline, or None."""
+    return _ACTIVE[0] if _ACTIVE else None
 
 
 def install():

@@ -16,7 +16,9 @@ import sys
 
 import torch
 
-from lwsr_plugin.fileio import all_finite, atomic_save, load_state_dict_checked, read_state_dict
+from lwsr_plugin.fileio import (DamagedFileError, all_finite, atomic_save, check_seal, load_state_dict_checked,
+                                 read_state_dict)
+from lwsr_plugin.data.manifest import release_note
 from lwsr_plugin.registration import resolve_network
 
 
@@ -54,7 +56,9 @@ class TorchWithAtomicSave:
 
 def load_network(self, net, load_path, strict=True, param_key='params'):
     """``BaseModel.load_network`` that also reads plain state dicts (the official IMDN/s-LWSR releases, saved without
-    a ``params`` key) and names the option and the fix when the checkpoint does not fit ``network_g``."""
+    a ``params`` key), refuses a sealed file whose bytes changed, names an official release (or warns about a file
+    with a release's name but not its SHA-256), and names the option and the fix when the checkpoint does not fit
+    ``network_g``."""
     from basicsr.utils import get_root_logger
     logger = get_root_logger()
     net = self.get_bare_model(net)
@@ -66,6 +70,9 @@ def load_network(self, net, load_path, strict=True, param_key='params'):
     if param_key != requested:
         logger.info(f'Loading: {requested} does not exist in {load_path}, use {param_key or "the root dict"}.')
     logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    note = release_note(load_path)
+    if note:
+        getattr(logger, note[0])(note[1])
     self._print_different_keys_loading(net, load_net, strict)  # with strict=False it drops mis-shaped keys
     load_state_dict_checked(net, load_net, strict, label, load_path)
 
@@ -128,6 +135,14 @@ def load_resume_state(opt):
         device = torch.device('cpu')
     for path in candidates:
         try:
+            check_seal(path)
+        except DamagedFileError as err:
+            if not opt['auto_resume']:
+                raise RuntimeError(f'path.resume_state: {err}') from None
+            print(f'lwsr_plugin: skipping training state {path}: damaged (its bytes no longer match the SHA-256 '
+                  'written into it); trying the previous one.', file=sys.stderr)
+            continue
+        try:
             resume_state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # a state cut short by a kill (written by BasicSR before this plugin saved atomically)
             if not opt['auto_resume']:
@@ -161,6 +176,8 @@ def _unreadable_network_file(opt):
             return f'{value}, which is missing'
         try:
             read_state_dict(value)
+        except DamagedFileError:
+            return f'{value}, which is damaged (its bytes no longer match the SHA-256 written into it)'
         except Exception as err:  # any reader failure (truncated zip, bad safetensors header, ...) means unusable
             return f'{value}, which cannot be read ({type(err).__name__})'
     return ''

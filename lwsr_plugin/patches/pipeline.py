@@ -4,8 +4,11 @@ progress lines, validation under DDP, the device check, and dataset reads and re
 * BasicSR's own ``train.py``/``test.py`` run as scripts are ``__main__``, whose functions no patch reaches, and they
   write into site-packages when BasicSR is installed: their first call, ``parse_options``, hands the run to
   :mod:`lwsr_plugin.entry` (the same run as ``lwsr-train``/``lwsr-test``) and exits with its status.
+* ``datasets.<phase>.num_worker_per_gpu: auto`` is resolved by :mod:`lwsr_plugin.options.workers` as
+  ``parse_options`` returns (for every entry point, BasicSR's own scripts included), and logged as the log file opens.
 * Progress: a training log line with it/s and ETA at least every ``logger.progress_interval`` seconds (default 10),
-  not only every ``print_freq`` iterations; ``lwsr-test`` shows BasicSR's per-set progress bar (``val.pbar``).
+  not only every ``print_freq`` iterations; under a training budget (:mod:`.budget`) this line and BasicSR's own
+  count the budget, not ``total_iter``; ``lwsr-test`` shows BasicSR's per-set progress bar (``val.pbar``).
 * Validation under DDP runs on rank 0 only; forwarding through the DDP wrapper there would broadcast buffers from
   rank 0 alone and desync the ranks, so validation forwards the bare network.
 * ``num_gpu`` > 0 without a visible GPU is refused with the fix when the model is built.
@@ -15,6 +18,7 @@ progress lines, validation under DDP, the device check, and dataset reads and re
 import contextlib
 import datetime
 import os
+import re
 import sys
 import time
 
@@ -55,6 +59,9 @@ def wrap_parse_options(original):
         if is_train:
             from lwsr_plugin.models.lwsr_model import apply_accumulate
             apply_accumulate(opt)
+        from lwsr_plugin.options.workers import resolve_auto_workers
+        # logged once the pipeline opens its log file: a log call before that would leave the run without one
+        _RUN.setdefault('log_notes', []).extend(resolve_auto_workers(opt))
         if _RUN.get('kind') == 'test' and isinstance(opt.get('val'), dict):
             opt['val'].setdefault('pbar', True)  # BasicSR's own per-image tqdm bar, off by default
         return opt, args
@@ -64,13 +71,15 @@ def wrap_parse_options(original):
 
 
 def wrap_get_root_logger(original):
-    """The pipeline's first ``get_root_logger`` call (the one that opens the log file) states the output root."""
+    """The pipeline's first ``get_root_logger`` call (the one that opens the log file) states the output root, then
+    what ``parse_options`` chose for the run (``num_worker_per_gpu: auto``)."""
 
     def get_root_logger(logger_name='basicsr', log_level=20, log_file=None):
         logger = original(logger_name, log_level, log_file)
-        note = _RUN.pop('root_note', None)
-        if note and log_file is not None:
-            logger.info(note)
+        if log_file is not None:
+            for note in [_RUN.pop('root_note', None)] + _RUN.pop('log_notes', []):
+                if note:
+                    logger.info(note)
         return logger
 
     get_root_logger.__wrapped__ = original
@@ -82,7 +91,8 @@ class TrainingProgress:
 
     BasicSR logs every ``logger.print_freq`` iterations; on a slow machine that can be minutes of silence. The
     training loop calls ``update_learning_rate(current_iter)`` first thing in every iteration, so the time between
-    those calls is the iteration time, data loading included."""
+    those calls is the iteration time, data loading included. The total and the ETA are those of the active
+    training budget (:mod:`.budget`) when there is one, else of ``train.total_iter``."""
 
     def __init__(self, opt):
         self.interval = float((opt.get('logger') or {}).get('progress_interval', 10) or 0)
@@ -100,6 +110,13 @@ class TrainingProgress:
         rate = self.rate(done, now)
         return None if not rate else datetime.timedelta(seconds=int((self.total - done) / rate))
 
+    @staticmethod
+    def budget():
+        """The active training budget once it counts (its first iteration started), else None."""
+        from lwsr_plugin.patches.budget import active
+        budget = active()
+        return budget if budget is not None and budget.start is not None else None
+
     def step(self, current_iter, logger_fn, log_dict=None):
         """Called at the start of iteration ``current_iter``; iteration ``current_iter - 1`` is complete."""
         now = time.time()
@@ -111,8 +128,13 @@ class TrainingProgress:
             return
         rate = self.rate(done, now)
         losses = ' '.join(f'{k}: {v:.4e}' for k, v in (log_dict or {}).items())
-        logger_fn(f'[{self.name[:5]}..][progress] iter:{done:8,d}/{self.total:,} | {rate:.3f} it/s | '
-                  f'eta: {self.eta(done, now)} {losses}'.rstrip())
+        budget = self.budget()
+        if budget is None:
+            where, spent, eta = f'{done:8,d}/{self.total:,}', '', self.eta(done, now)
+        else:
+            where, spent, eta = f'{done:8,d}', f' | {budget.spent()}', budget.eta()
+        eta = '-' if eta is None else eta  # a timedelta of 0 is falsy, yet a known ETA
+        logger_fn(f'[{self.name[:5]}..][progress] iter:{where} | {rate:.3f} it/s{spent} | eta: {eta} {losses}'.rstrip())
         self.last_line = now
 
 
@@ -133,16 +155,26 @@ def wrap_update_learning_rate(original):
 
 
 def wrap_message_logger_call(original):
-    """BasicSR's periodic line, with it/s added; it also restarts the progress interval."""
+    """BasicSR's periodic line, with it/s added and, under a training budget, the budget's ETA and spent share in
+    place of the ETA it computes from ``total_iter``; it also restarts the progress interval."""
 
     def __call__(self, log_vars):
         progress = _RUN.get('progress')
         if progress is None:
             return original(self, log_vars)
         rate = progress.rate(log_vars.get('iter', 0))
+        budget = progress.budget()
         logger = self.logger
         suffix = f' [{rate:.3f} it/s]' if rate else ''
-        self.logger = type('_Suffixed', (), {'info': staticmethod(lambda msg: logger.info(msg + suffix))})()
+
+        def info(msg):
+            if budget is not None:
+                eta = budget.eta()
+                eta = f'[eta: {"-" if eta is None else eta} ({budget.spent()})'
+                msg = re.sub(r'\[eta: (-?\d+ days?, )?\d+:\d\d:\d\d', lambda m: eta, msg, count=1)  # str(timedelta)
+            logger.info(msg + suffix)
+
+        self.logger = type('_Edited', (), {'info': staticmethod(info)})()
         try:
             return original(self, log_vars)
         finally:

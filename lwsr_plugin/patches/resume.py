@@ -2,7 +2,8 @@
 
 BasicSR's training state holds the epoch, the iteration, the optimizers and the schedulers. A run resumed from it
 starts its epoch again from the first batch, with random generators seeded afresh, so it trains on other patches than
-the run it replaces (measured before this module: 33 of 36 IMDN tensors differed after a kill and ``--auto_resume``).
+the run it replaces (BasicSR's resume alone, in ``scripts/check_resume.py``'s setting: 33 of 36 IMDN tensors differed
+after a kill and ``--auto_resume``).
 This module adds what is missing, at the places BasicSR looks the names up, without copying its training loop:
 
 1. **Keyed samples.** Every training sample is made with Python's, NumPy's and torch's generators seeded from
