@@ -8,6 +8,7 @@ a tiled image streams band by band into its 8/16-bit output (memory: the output 
 """
 import collections
 import inspect
+import mmap
 
 import numpy as np
 import torch
@@ -241,7 +242,7 @@ class Upscaler:
         src = img[..., None] if img.ndim == 2 else img
         h, w, channels = src.shape
         s = self.scale
-        out = np.empty((h * s, w * s) + img.shape[2:], img.dtype)
+        out = _mapped_array((h * s, w * s) + img.shape[2:], img.dtype)
         canvas = out[..., None] if img.ndim == 2 else out
         needs_lr = channels == 4 or (self.in_ch == 1 and channels == 3)  # Cb/Cr or alpha come from the input
 
@@ -291,6 +292,17 @@ class Upscaler:
             land(lag)
         land(0)
         return out
+
+
+def _mapped_array(shape, dtype):
+    """A zeroed array in an anonymous memory mapping of its own, which goes back to the system as soon as the array
+    is dropped (an ordinary array where the platform has no private mappings): the heap of an inference process
+    keeps freed memory for the network's maps (``fast.kernels.keep_freed_memory``), and an output image would stay
+    held there, under the next image's or the interpreter's teardown."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not nbytes or not hasattr(mmap, 'MAP_PRIVATE'):
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE), dtype).reshape(shape)
 
 
 def _chw(planes):

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,14 +52,12 @@ def test_overrides_and_wait_policy():
     assert threads.fixed_threads({'OMP_NUM_THREADS': '4'}) == 4
     with pytest.raises(ValueError, match='LWSR_THREADS'):
         threads.fixed_threads({'LWSR_THREADS': 'two'})
-    env = {}
-    assert threads.passive_wait_environ(env) == 'PASSIVE' and env == {'OMP_WAIT_POLICY': 'PASSIVE'}
-    assert threads.passive_wait_environ({'OMP_WAIT_POLICY': 'ACTIVE'}) == 'ACTIVE'
 
 
 def test_cpu_meter_reads_this_machine():
     meter = threads.CpuMeter()
     sum(i * i for i in range(200000))  # own work, which the reading leaves out
+    time.sleep(threads.MIN_WINDOW + 0.2)  # a window of many clock ticks: a short one reads whole ticks as CPUs
     busy = meter.busy_others()
     assert 0.0 <= busy <= (os.cpu_count() or 1) + 0.5
 
@@ -84,3 +83,11 @@ def test_training_beside_busy_processes_lowers_threads(tmp_path, datasets_dir):
                       r'intra-op threads? \(LWSR_THREADS=<n> to override\)', proc.stdout)
     assert found, proc.stdout[-4000:]
     assert int(found[1]) == usable_cpus() and int(found[2]) < usable_cpus()
+
+
+def test_cpu_meter_own_time_matches_os_times():
+    """The meter's own-process ticks (utime + stime of /proc/self/stat) are this process's CPU time."""
+    sum(i * i for i in range(300000))
+    ticks = threads._read_ticks('/proc/self/stat', 14, 15) / os.sysconf('SC_CLK_TCK')
+    times = os.times()
+    assert abs(ticks - (times.user + times.system)) < 0.1

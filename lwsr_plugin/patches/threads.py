@@ -11,12 +11,12 @@ speed: a thread that waits at an OpenMP barrier spins on a CPU that the other ru
   logs one line when the number changes because of other processes;
 * :func:`install`: runs the governor from ``BaseModel.update_learning_rate``, which BasicSR's training loop calls in
   its main thread once per iteration (OpenMP thread counts are a setting of the calling thread);
-* :func:`passive_wait_environ`: ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy. OpenMP reads it once, when
-  torch loads its runtime, so it only takes effect where it runs before ``import torch`` (a command's entry point, or
-  the environment of a subprocess).
 
 ``LWSR_THREADS=<n>`` fixes the intra-op threads at ``n`` and switches the governor off; ``OMP_NUM_THREADS`` (set by
-the user or by torchrun) also switches it off, keeping the number it gives.
+the user or by torchrun) and ``train.deterministic: true`` also switch it off, keeping the thread count fixed (the
+kernels' results can depend on it, so a run whose threads follow the load is not reproducible to the bit). ``OMP_WAIT_POLICY=PASSIVE`` (waiting
+threads sleep at once) is left to the command's environment: OpenMP reads it when torch loads, and its cost for a run
+alone on idle cores is not measured here.
 """
 import logging
 import os
@@ -58,17 +58,10 @@ def fixed_threads(environ=None):
     return None
 
 
-def passive_wait_environ(environ=None):
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) unless a policy is set; returns the
-    policy in force. Effective only before torch's OpenMP runtime loads (see the module)."""
-    environ = os.environ if environ is None else environ
-    return environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-
-
 def _read_ticks(path, first, last):
     with open(path) as f:
         fields = f.read().rsplit(')', 1)[-1].split()  # after the command name, which may hold spaces
-    return sum(int(v) for v in fields[first - 2:last - 1])  # fields 14-15: utime, stime (1-based, name is 2)
+    return sum(int(v) for v in fields[first - 3:last - 2])  # 1-based fields; the state, field 3, comes first
 
 
 def _children(pid):
@@ -179,7 +172,10 @@ def wrap_update_learning_rate(original):
         if getattr(self, 'is_train', False):
             governor = self.__dict__.get('_lwsr_threads', False)
             if governor is False:
-                governor = self._lwsr_threads = governor_for()
+                # train.deterministic: a thread count that follows the machine's load would change the reduction
+                # order of the kernels, and with it the run's numbers
+                deterministic = bool((self.opt.get('train') or {}).get('deterministic', False))
+                governor = self._lwsr_threads = None if deterministic else governor_for()
             if governor is not None:
                 governor.check()
         return original(self, current_iter, warmup_iter)
