@@ -149,8 +149,15 @@ def _quiet_exit():
         os.close(devnull)
 
     import atexit
-    # registered now, so it runs before the exit handlers registered earlier (atexit calls the last one first)
+    # registered now, so it runs before the exit handlers registered earlier (atexit calls the last one first);
+    # re-registered (not added twice) when a process runs several pipelines, as tests do
+    if _SILENCE:
+        atexit.unregister(_SILENCE[0])
+    _SILENCE[:] = [silence]
     atexit.register(silence)
+
+
+_SILENCE = []  # the exit handler of _quiet_exit, once per process
 
 
 def _run(kind, args, default_root, default_source):
