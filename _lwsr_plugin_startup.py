@@ -78,7 +78,7 @@ class _BasicsrLoader(importlib.abc.Loader):
 _LIGHT = ('lwsr_plugin.registration', 'lwsr_plugin.version', 'lwsr_plugin.options', 'lwsr_plugin.options.shipped',
           'lwsr_plugin.options.keys', 'lwsr_plugin.options.workers',
           'lwsr_plugin.fileio', 'lwsr_plugin.entry', 'lwsr_plugin.train', 'lwsr_plugin.test', 'lwsr_plugin.cli',
-          'lwsr_plugin.data', 'lwsr_plugin.spandrel_arches')
+          'lwsr_plugin.data', 'lwsr_plugin.spandrel_arches', 'lwsr_plugin.metrics', 'lwsr_plugin.metrics.model_cost')
 
 
 def needs_registration(fullname):

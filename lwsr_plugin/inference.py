@@ -15,8 +15,10 @@ import torch
 
 from lwsr_plugin.fast import FastForm, fast_inference_net
 from lwsr_plugin.fast.graphs import GraphForward
-from lwsr_plugin.fast.tiling import (ImageStatistics, InferenceError, is_tiled, self_ensemble,  # noqa: F401
-                                     stream_tiles, tile_count, tile_starts, tile_stat_layers, tiled_forward)
+from lwsr_plugin.fast.kernels import trim_freed_memory
+from lwsr_plugin.fast.tiling import (ImageStatistics, InferenceError, auto_tile_batch, is_tiled,  # noqa: F401
+                                     self_ensemble, stream_tiles, tile_count, tile_starts, tile_stat_layers,
+                                     tiled_forward)
 from lwsr_plugin.fileio import load_state_dict_checked, read_state_dict
 from lwsr_plugin.ops.device import RuntimeProblem, check_runtime
 from lwsr_plugin.ops.matlab_bicubic import imresize, upsample_integer
@@ -84,7 +86,8 @@ class Upscaler:
         device (str): 'cpu', 'cuda', 'cuda:1', ...
         tile (int): LR core tile side; 0 = whole image. Default: 0.
         tile_overlap (int): LR context pixels around each tile. Default: 8.
-        tile_batch (int): Tiles per forward. Default: 4.
+        tile_batch (int | None): Tiles per forward; None: :func:`~lwsr_plugin.fast.tiling.auto_tile_batch` of the
+            tile in use (one window of a 256 px tile per forward on a CPU, 4 on CUDA). Default: None.
         tile_stats (str): 'image': layers that pool their whole input (IMDN's CCA) get the whole image's
             statistics, at the cost of a second pass over the tiles; 'tile': each tile's own. Default: 'image'.
         ensemble (bool): x8 self-ensemble. Default: False.
@@ -99,7 +102,7 @@ class Upscaler:
 
     DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
-    def __init__(self, net, device='cpu', tile=0, tile_overlap=8, tile_batch=4, ensemble=False, precision='fp32',
+    def __init__(self, net, device='cpu', tile=0, tile_overlap=8, tile_batch=None, ensemble=False, precision='fp32',
                  channels_last=True, compile=False, fast=True, tile_stats='image', cuda_graphs=True):
         if precision not in self.DTYPES:
             raise InferenceError(f'precision must be one of {sorted(self.DTYPES)}, got {precision!r}.')
@@ -121,10 +124,28 @@ class Upscaler:
         net = net.to(self.device, self.dtype).to(memory_format=self.memory_format)
         self.stat_layers = tile_stat_layers(net, tile_stats)
         self.net = torch.compile(net) if compile else net
-        self.tile, self.tile_overlap, self.tile_batch, self.ensemble = tile, tile_overlap, tile_batch, ensemble
+        self.tile, self.tile_overlap, self.batch_asked, self.ensemble = tile, tile_overlap, tile_batch, ensemble
         # graphs only while no statistics hook is installed: the hooks' collecting pass runs Python per call
         self.graphs = GraphForward(self._eager, lambda: all(m.stats_hook is None for m in self.stat_layers)) \
             if cuda_graphs and self.device.type == 'cuda' and not compile else None
+
+    @property
+    def tile_batch(self):
+        """Windows per tiled forward: the one asked for, else the automatic one of the current ``tile`` (which
+        ``lwsr-upscale`` sets per image when it tiles an image by itself)."""
+        if self.batch_asked is not None:
+            return self.batch_asked
+        return auto_tile_batch(self.tile, self.tile_overlap, self.device.type)
+
+    def release_memory(self):
+        """Drops the buffers the fast form keeps between forwards and hands the freed heap back to the system (a
+        large image's window maps otherwise stay held under the next, smaller image, and under the interpreter's
+        teardown). The next forward allocates its buffers again."""
+        for module in self.net.modules():
+            if isinstance(module, FastForm):
+                module.scratch.clear()
+        if self.device.type == 'cpu':
+            trim_freed_memory()
 
     def _eager(self, x):
         return self.net(x)

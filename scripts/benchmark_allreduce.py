@@ -48,7 +48,7 @@ def network_sizes(lr_size):
 
     import lwsr_plugin  # noqa: F401  (registration)
     from basicsr.archs import build_network
-    from lwsr_plugin.cli.report import count_macs
+    from lwsr_plugin.metrics.model_cost import count_macs
     sizes = {}
     for label, opt in NETWORKS.items():
         net = build_network(dict(opt)).eval()

@@ -112,7 +112,8 @@ def main(argv=None):
     p.add_argument('--scale', type=int, default=4, help='the scale of --model and --cheap')
     p.add_argument('--cheap', default=CHEAP, help='network for the largest size when estimated past --max-case-s')
     p.add_argument('--tile', type=int, default=256)
-    p.add_argument('--tile-batch', type=int, default=4)
+    p.add_argument('--tile-batch', type=int, default=None,
+                   help="windows per forward (default: the command's own choice, one 272x272 window on a CPU)")
     p.add_argument('--max-case-s', type=float, default=600, help='longest estimated case for --model')
     p.add_argument('--limit-mib', type=int, default=6144, help='watchdog: stop a case past this RSS')
     p.add_argument('--timeout-s', type=int, default=3600)
@@ -128,7 +129,8 @@ def main(argv=None):
     work = args.work or tempfile.mkdtemp(prefix='upscale_memory_')
     os.makedirs(work, exist_ok=True)
     sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes.split(',')]
-    common = ['--tile', str(args.tile), '--tile-batch', str(args.tile_batch), '--device', 'cpu', '--overwrite']
+    common = ['--tile', str(args.tile)] + (['--tile-batch', str(args.tile_batch)] if args.tile_batch else [])
+    common += ['--device', 'cpu', '--overwrite']
     # the floors: a process that only imports torch, and the command on a 32x32 crop (untiled, no output to speak of)
     tiny = os.path.join(work, 'photo_32x32_crop.png')
     cv2.imwrite(tiny, cv2.imread(args.photo, cv2.IMREAD_COLOR)[:32, :32])

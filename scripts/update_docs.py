@@ -17,7 +17,11 @@ Blocks and their commands (``--quick`` in brackets):
 * ``model_report``: ``lwsr-report --out DIR``, its ``report.md`` (IMDN x4 only);
 * ``paper_tables``: ``lwsr-test --paper-tables --out FILE`` (Set5 x4 only; ``--data-root``: the folder holding
   ``datasets/`` and ``experiments/pretrained_models/``);
-* ``speed_summary`` (the README's speed table): ``python scripts/speed_summary.py`` (IMDN x4, 1 round, 1 repeat).
+* ``speed_summary`` (the README's speed table): ``python scripts/speed_summary.py`` (IMDN x4, 1 round, 1 repeat);
+* ``benchmark_upscale_memory``: ``python scripts/benchmark_upscale_memory.py`` (the 12 MP output in fp32 with
+  ``--tile-stats tile`` only);
+* ``benchmark_contention``: ``python scripts/benchmark_contention.py --iters 40 --warmup 5 --rounds 2 --configs
+  default governor fix`` (8 iterations, 1 round, ``default`` and ``fix``).
 
 A block gets what the command's output marks with the same two lines, where it marks it (``lwsr-test
 --paper-tables``); otherwise its stdout from its machine line ("Machine: <CPU model (ISA)>, <cores>, <torch
@@ -49,6 +53,7 @@ class Measurement(NamedTuple):
 
 
 INFERENCE, TRAINING = [PY, 'scripts/benchmark_inference.py'], [PY, 'scripts/benchmark_training.py']
+CONTENTION = [PY, 'scripts/benchmark_contention.py']
 REPORT, TEST = [PY, '-m', 'lwsr_plugin.cli.report', '--out', OUT], [PY, '-m', 'lwsr_plugin.test', '--paper-tables',
                                                                      '--out', OUT + '/paper_tables.md']
 MEASUREMENTS = {
@@ -65,6 +70,12 @@ MEASUREMENTS = {
     'paper_tables': Measurement(TEST, TEST + ['--sets', 'Set5', '--scales', '4'], 'paper_tables.md'),
     'speed_summary': Measurement([PY, 'scripts/speed_summary.py'], [PY, 'scripts/speed_summary.py', '--archs', 'IMDN_x4',
                                                                     '--rounds', '1', '--repeats', '1']),
+    'benchmark_upscale_memory': Measurement(
+        [PY, 'scripts/benchmark_upscale_memory.py'],
+        [PY, 'scripts/benchmark_upscale_memory.py', '--sizes', '1000x750', '--precisions', 'fp32', '--stats', 'tile']),
+    'benchmark_contention': Measurement(
+        CONTENTION + ['--iters', '40', '--warmup', '5', '--rounds', '2', '--configs', 'default', 'governor', 'fix'],
+        CONTENTION + ['--iters', '8', '--warmup', '2', '--rounds', '1', '--configs', 'default', 'fix']),
 }
 MACHINE = 'Machine: '
 

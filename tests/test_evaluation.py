@@ -16,8 +16,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from conftest import REPO
 from lwsr_plugin.archs.blocks import count_parameters
 from lwsr_plugin.options import drop_absent_datasets
-from lwsr_plugin.cli.report import build, count_macs, plot_results
+from lwsr_plugin.cli.report import build, plot_results
 from lwsr_plugin.metrics.ifc_metric import calculate_ifc
+from lwsr_plugin.metrics.model_cost import count_macs
 from lwsr_plugin.ops.matlab_bicubic import imresize
 
 # IDN's Table 3, Bicubic column (Set5, Set14)

@@ -1,7 +1,9 @@
 """lwsr-report on a small real subset (rows, latencies, peak memory, files valid after an interruption or a kill),
-its bad options, and the start-up of the four inference/evaluation commands (``--help`` without torch/cv2/numpy)."""
+the PSNR of given weights (official IMDN x4 on Set5, a user's arch, a damaged checkpoint), its bad options, and the
+start-up of the four inference/evaluation commands (``--help`` without torch/cv2/numpy)."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +13,7 @@ import pytest
 from _utils import PY
 from conftest import REPO
 from lwsr_plugin.cli import report
+from lwsr_plugin.metrics import model_cost
 from lwsr_plugin.ops.device import cpu_name
 
 SUBSET = ['--models', 'IMDN_RTC,sLWSR16', '--scales', '2', '--output-size', '32x32', '--warmup', '1', '--repeats', '3',
@@ -67,13 +70,13 @@ def test_report_times_the_fast_form_at_the_output_size(monkeypatch):
 
     from lwsr_plugin.fast import FastForm
     seen = []
-    real = report.cpu_peak_bytes
+    real = model_cost.cpu_peak_bytes
 
     def spy(fn):
         seen.append(fn)
         return real(fn)
 
-    monkeypatch.setattr(report, 'cpu_peak_bytes', spy)
+    monkeypatch.setattr(model_cost, 'cpu_peak_bytes', spy)
     calls = {}
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, inp: calls.setdefault(tuple(inp[0].shape), set()).add(type(m).__name__))
@@ -148,13 +151,25 @@ def test_report_killed_leaves_valid_partial_files(tmp_path):
     (['--repeats', '0'], '--repeats 0: must be at least 1'),
     (['--time-cap', '0'], '--time-cap 0: must be more than 0 seconds, e.g. --time-cap 10.'),
     (['--output-size', '720p'], "--output-size '720p': give WxH, both at least 4 (e.g. 1280x720)"),
+    (['--psnr-sets', ','], "--psnr-sets ',': give comma-separated set names, e.g. --psnr-sets Set5,Set14."),
+    (['--models', 'IMDN', '--ckpt', 'setup.py'], '--ckpt setup.py: a bare path gives weights to the --opt/--arch '
+     'row, and neither is given; add --opt/--arch, or give a shipped model its weights with --ckpt MODEL=PATH'),
+    (['--models', 'IMDN', '--ckpt', 'IMDN=setup.py'], '--ckpt IMDN=setup.py: a checkpoint holds one scale, but '
+     '--scales 2,3,4 measures IMDN at x2, x3, x4; give --scales N (e.g. --scales 4).'),
+    (['--models', 'IMDN', '--scales', '4', '--ckpt', 'IMDN=no/such.pth'], '--ckpt IMDN=no/such.pth: no such file '
+     'no/such.pth; give the path of a network checkpoint'),
+    (['--models', 'IMDN', '--scales', '4', '--ckpt', 'IDN=setup.py'], '--ckpt IDN=setup.py: IDN is not measured; '
+     "add it to --models (now 'IMDN')."),
+    (['--models', 'IMDN', '--scales', '4', '--ckpt', 'IMDNX=net.pth'], '--ckpt IMDNX=net.pth: no such file, and '
+     'IMDNX is not a shipped model; give MODEL=PATH with MODEL one of IMDN,IMDN_AS,'),
 ])
 def test_report_bad_options(tmp_path, capsys, args, message):
     """A bad option is one line naming it, before anything is measured or written."""
     with pytest.raises(SystemExit) as exc:
         report.main(args + ['--out', str(tmp_path / 'rep')])
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1], err
     assert not (tmp_path / 'rep').exists()
 
 
@@ -192,9 +207,9 @@ def test_plot_bad_csv(tmp_path, capsys):
 def test_time_forwards_counts_a_long_first_forward():
     """A memory-measuring forward of >= 10 s is the first timed one (DRN+ at 720p: the report's time halves)."""
     calls = []
-    t = report.time_forwards(lambda: calls.append(1), 0, 1, first=(12_000.0, 20_000.0))
+    t = model_cost.time_forwards(lambda: calls.append(1), 0, 1, first=(12_000.0, 20_000.0))
     assert calls == [] and t['median'] == t['min'] == 12_000.0 and t['cpu_time'] == 20_000.0
-    t = report.time_forwards(lambda: calls.append(1), 0, 3, first=(12_000.0, 20_000.0))
+    t = model_cost.time_forwards(lambda: calls.append(1), 0, 3, first=(12_000.0, 20_000.0))
     assert len(calls) == 2 and t['min'] < 12_000.0 and t['p75'] <= 12_000.0
 
 
@@ -216,12 +231,12 @@ def test_slow_model_gets_one_timed_forward_and_no_spread(tmp_path, capsys):
 def test_planned_repeats_fit_the_time_cap_or_time_once():
     """``--repeats`` where they fit in the cap at the first forward's time; fewer when at least 3 still fit (a
     spread); one where not even 3 fit (two samples give no spread and cost a slow forward more)."""
-    assert report.planned_repeats(3, 100.0, 10) == 3
-    assert report.planned_repeats(20, 2_000.0, 10) == 5
-    assert report.planned_repeats(3, 4_000.0, 10) == 1  # 2 would fit: no spread, so one
-    assert report.planned_repeats(3, 71_000.0, 10) == 1
-    assert report.planned_repeats(2, 100.0, 10) == 2  # asked for fewer than a spread: as asked
-    t = report.time_forwards(lambda: None, 0, 2)
+    assert model_cost.planned_repeats(3, 100.0, 10) == 3
+    assert model_cost.planned_repeats(20, 2_000.0, 10) == 5
+    assert model_cost.planned_repeats(3, 4_000.0, 10) == 1  # 2 would fit: no spread, so one
+    assert model_cost.planned_repeats(3, 71_000.0, 10) == 1
+    assert model_cost.planned_repeats(2, 100.0, 10) == 2  # asked for fewer than a spread: as asked
+    t = model_cost.time_forwards(lambda: None, 0, 2)
     assert t['runs'] == 2 and t['p25'] is None and t['p75'] is None
     assert report._iqr({'cpu_ms_p25': None, 'cpu_ms_p75': None}, 'cpu_ms') == '-'
 
@@ -266,3 +281,113 @@ def test_report_measures_a_user_arch_by_option_file_or_name(tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         report.main(['--opt', 'test_mine.yml', '--arch', 'ReportTinySR', '--out', 'd'])
     assert '--opt test_mine.yml and --arch ReportTinySR: give one of them' in capsys.readouterr().err
+
+
+PSNR_RUN = ['--output-size', '96x96', '--repeats', '1', '--threads', '1', '--no-gpu']
+
+
+def _set5_work(tmp_path, datasets_dir, monkeypatch):
+    """``tmp_path`` as the current folder, holding ``datasets/Set5`` (the real one) and nothing else: Set14 is
+    absent there."""
+    (tmp_path / 'datasets').mkdir()
+    os.symlink(os.path.join(datasets_dir, 'Set5'), tmp_path / 'datasets' / 'Set5')
+    monkeypatch.chdir(tmp_path)
+
+
+def _footer(out):
+    return open(os.path.join(out, 'report.md'), encoding='utf-8').read().strip().splitlines()[-1]
+
+
+def test_report_psnr_of_official_imdn_x4_weights(tmp_path, datasets_dir, shared, monkeypatch, capsys):
+    """--ckpt IMDN=<official IMDN_x4.pth> gives the IMDN x4 row Set5's PSNR as lwsr-test computes it with
+    test_IMDN_x4 (32.2096 dB, IMDN Table 5's 32.21; the value tests/test_evaluation.py asserts); IDN, without weights,
+    and the absent Set14 get '-', and the footer says how to make Set14."""
+    _set5_work(tmp_path, datasets_dir, monkeypatch)
+    weights = shared('anchors', 'imdn', 'checkpoints', 'IMDN_x4.pth')
+    assert report.main(['--models', 'IMDN,IDN', '--scales', '4', '--ckpt', f'IMDN={weights}', '--psnr-sets',
+                        'Set5,Set14', '--out', 'rep'] + PSNR_RUN) == 0
+    rows = {r['key']: r for r in _rows('rep')}
+    assert list(rows['IMDN'])[-3:] == ['gpu_peak_MB_720p', 'psnr_Set5', 'psnr_Set14']  # the old columns unmoved
+    assert abs(float(rows['IMDN']['psnr_Set5']) - 32.2096) <= 0.01, rows['IMDN']
+    assert rows['IMDN']['psnr_Set14'] == rows['IDN']['psnr_Set5'] == rows['IDN']['psnr_Set14'] == ''
+    md = open(os.path.join('rep', 'report.md'), encoding='utf-8').read()
+    assert '| PSNR Set5 (dB) | PSNR Set14 (dB) |' in md
+    imdn, idn = _table_rows('rep')
+    assert imdn.startswith('| IMDN | x4 |') and imdn.rstrip().endswith('| 32.21 | - |')
+    assert idn.rstrip().endswith('| - | - |')
+    assert 'IMDN x4: test_IMDN_x4, Y, crop border 4, LR files.' in md
+    footer = _footer('rep')
+    assert 'Set14: ' + os.path.join(str(tmp_path), 'datasets', 'Set14', 'HR') + ' does not exist' in footer
+    assert '`lwsr-prepare-benchmark`' in footer and 'Failed' not in footer
+    assert 'IMDN x4: 715.2K params' in capsys.readouterr().err.replace('\r', '\n')
+    assert sorted(os.listdir(tmp_path)) == ['datasets', 'rep']  # nothing saved beside the report
+
+
+def _tiny_checkpoint(path, scale, sealed=True):
+    """A ReportTinySR state dict at ``scale``, saved as the plugin saves networks (sealed) or as torch.save does."""
+    import torch
+
+    from lwsr_plugin.fileio import atomic_save
+    (path.parent / 'myarchs').mkdir(exist_ok=True)
+    (path.parent / 'myarchs' / 'reporttiny_arch.py').write_text(USER_ARCH)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 3 * scale ** 2, 3, 1, 1), torch.nn.PixelShuffle(scale))
+    state = {f'body.{k}': v for k, v in body.state_dict().items()}
+    (atomic_save if sealed else torch.save)({'params': state}, str(path))
+    return str(path)
+
+
+def test_report_psnr_of_a_user_arch(tmp_path, datasets_dir, monkeypatch, capsys):
+    """--opt (a training file: its val set and RGB PSNR metric, its train phase unused) with a bare --ckpt, and the
+    same weights as the file's path.pretrain_network_g, give the same finite PSNR; --arch with --ckpt is measured on
+    test_IMDN_x<scale>'s Set5 (Y); the shipped row without weights has an empty cell."""
+    _set5_work(tmp_path, datasets_dir, monkeypatch)
+    ckpt = _tiny_checkpoint(tmp_path / 'tiny_x3.pth', 3, sealed=False)
+    opt = ('name: mine_x3\nscale: 3\nuser_modules: [./myarchs]\nnetwork_g: {type: ReportTinySR, upscale: 3}\n'
+           'datasets:\n  train: {name: T91, type: PairedImageDataset, dataroot_gt: datasets/T91}\n'
+           '  val: {name: Set5, type: PairedImageDataset, dataroot_gt: datasets/Set5/HR, '
+           "dataroot_lq: datasets/Set5/LR_bicubic/X3, filename_tmpl: '{}x3', io_backend: {type: disk}}\n"
+           'val:\n  metrics:\n    psnr: {type: calculate_psnr, crop_border: 3, test_y_channel: false}\n'
+           '    ssim: {type: calculate_ssim, crop_border: 3, test_y_channel: false}\n')
+    (tmp_path / 'train_mine.yml').write_text(opt)
+    (tmp_path / 'train_mine_pretrained.yml').write_text(opt + 'path: {pretrain_network_g: tiny_x3.pth}\n')
+    assert report.main(['--opt', 'train_mine.yml', '--ckpt', ckpt, '--models', 'IMDN_RTC', '--psnr-sets',
+                        'Set5,Set14', '--out', 'a'] + PSNR_RUN) == 0
+    rows = {r['key']: r for r in _rows('a')}
+    assert rows['IMDN_RTC']['psnr_Set5'] == '' and rows['mine_x3']['psnr_Set14'] == ''
+    assert 3 < float(rows['mine_x3']['psnr_Set5']) < 40, rows['mine_x3']  # untrained: a PSNR, not a good one
+    md = open(os.path.join('a', 'report.md'), encoding='utf-8').read()
+    assert 'mine_x3 x3: train_mine.yml, RGB, crop border 3, LR files.' in md
+    assert 'Set14 for mine_x3 (train_mine.yml lists no test/validation set of that name)' in _footer('a')
+    assert re.search(r'mine_x3 x3: .*; PSNR Set5 \d+\.\d\d dB', capsys.readouterr().err)
+    assert report.main(['--opt', 'train_mine_pretrained.yml', '--out', 'b'] + PSNR_RUN) == 0
+    assert _rows('b')[0]['psnr_Set5'] == rows['mine_x3']['psnr_Set5']
+    _tiny_checkpoint(tmp_path / 'tiny_x4.pth', 4)
+    assert report.main(['--arch', 'ReportTinySR', '--user-modules', './myarchs', '--scales', '4', '--ckpt',
+                        'tiny_x4.pth', '--out', 'c'] + PSNR_RUN) == 0
+    [row] = _rows('c')
+    assert row['key'] == 'ReportTinySR' and 3 < float(row['psnr_Set5']) < 40
+    md = open(os.path.join('c', 'report.md'), encoding='utf-8').read()
+    assert 'ReportTinySR x4: test_IMDN_x4, Y, crop border 4, LR files.' in md
+
+
+def test_report_damaged_checkpoint_fails_its_psnr_only(tmp_path, datasets_dir, shared, monkeypatch, capsys):
+    """A sealed checkpoint with one flipped byte: that row's PSNR is one line of the footer's Failed list (exit 1),
+    its cost columns and the other rows (IMDN_RTC with the official weights: its PSNR too) are still written."""
+    _set5_work(tmp_path, datasets_dir, monkeypatch)
+    ckpt = _tiny_checkpoint(tmp_path / 'tiny_x2.pth', 2)
+    data = bytearray(open(ckpt, 'rb').read())
+    data[len(data) // 2] ^= 1
+    open(ckpt, 'wb').write(bytes(data))
+    rtc = shared('anchors', 'imdn', 'checkpoints', 'model_RTC.pth')
+    assert report.main(['--arch', 'ReportTinySR', '--user-modules', './myarchs', '--models', 'IMDN_RTC', '--scales',
+                        '2', '--ckpt', ckpt, '--ckpt', f'IMDN_RTC={rtc}', '--out', 'rep'] + PSNR_RUN) == 1
+    rows = {r['key']: r for r in _rows('rep')}
+    assert set(rows) == {'IMDN_RTC', 'ReportTinySR'} and float(rows['ReportTinySR']['cpu_ms']) > 0
+    assert rows['ReportTinySR']['psnr_Set5'] == '' and 36 < float(rows['IMDN_RTC']['psnr_Set5']) < 38.5  # 37.31
+    footer = _footer('rep')
+    assert footer.startswith('Generated by `lwsr-report`')
+    failed = footer.split(' Failed: ')[1]
+    assert failed.startswith(f'ReportTinySR x2 PSNR of {ckpt}: DamagedFileError: {ckpt}'), failed
+    assert not failed.endswith('..') and 'IMDN_RTC' not in failed and 'PSNR failed' in capsys.readouterr().err

@@ -4,7 +4,8 @@ replaces the top-level keys of the copied option file, and its shell commands ru
 
 The budgets are the one substitution: the page trains for ``--minutes 10``; here each run is bounded by iterations
 (``--iters 3 --batch 2 --evals 2``) so that the test takes the same time on any machine, and ``lwsr-report`` gets a
-small output and one timed forward (``--output-size 96x96 --repeats 1``) instead of 720p.
+small output and one timed forward (``--output-size 96x96 --repeats 1``) instead of 720p; its PSNR columns come from
+the weights the two runs wrote.
 """
 import csv
 import os
@@ -14,7 +15,7 @@ import shlex
 import pytest
 import yaml
 
-from _utils import BIN, PY, run
+from _utils import BIN, run
 from conftest import REPO
 from test_reproduce import _tiny_291_work
 
@@ -103,3 +104,12 @@ def test_walkthrough_page_runs_as_written(tmp_path, datasets_dir):
     assert set(report_rows) == {edits['name'], 'IMDN', 'IDN (Y)'}
     assert all(r['scale'] == '4' for r in report_rows.values())
     assert 0 < int(report_rows[edits['name']]['params']) < int(report_rows['IMDN']['params'])
+    # the weights of both runs (--ckpt): the Set5 PSNR of their last evaluation, the same validation on the same
+    # net_g.pth; IDN, given none, an empty cell
+    for name, run_dir in ((edits['name'], mine), ('IMDN', imdn)):
+        with open(run_dir / 'curve.csv', newline='') as f:
+            final = list(csv.DictReader(f))[-1]
+        assert abs(float(report_rows[name]['psnr_Set5']) - float(final['Set5_psnr'])) < 1e-3, (report_rows[name], final)
+    assert report_rows['IDN (Y)']['psnr_Set5'] == ''
+    md = (work / 'results' / 'report_mysr' / 'report.md').read_text()
+    assert f"{edits['name']} x4: train_MySR_x4.yml, Y, crop border 4, LR files" in md and 'Failed' not in md

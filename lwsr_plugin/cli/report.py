@@ -1,4 +1,5 @@
 """``lwsr-report``: parameters, MACs, latency and memory of every plugin arch/variant/scale, beside the papers' numbers;
+with weights (``--ckpt``), their PSNR on the benchmark sets;
 ``lwsr-report --plot results.csv``: a PSNR-vs-parameters figure (IMDN Fig. 6 style) from a results file.
 
 - **Parameters**: trainable and non-trainable parameters of the network (buffers excluded).
@@ -15,17 +16,30 @@
   the warm-up, and for a forward of 10 s or more also the first timed one); then ``--warmup`` more untimed forwards,
   then the median, minimum and interquartile range of the wall-clock time of the timed forwards, and the median
   processor time the process used per forward (all threads; robust to other processes' load, which stretches
-  wall-clock times on a shared machine). The timed forwards (:func:`planned_repeats`): as many of ``--repeats``
+  wall-clock times on a shared machine). The timed forwards
+  (:func:`~lwsr_plugin.metrics.model_cost.planned_repeats`): as many of ``--repeats``
   (default 3) as fit in ``--time-cap`` seconds per model (default 10; each estimated at the first forward's time),
   but one where fewer than 3 fit: at 720p one forward of DRN+ x2 is 4 TMACs, and the 24 rows are ~9.4 TMACs per
-  pass, so the slow rows get one and the whole report stays within minutes on 2 cores. The IQR needs 3 or more forwards: a row with fewer shows ``-``
-  (and empty ``*_p25``/``*_p75`` cells in the CSV, whose ``cpu_runs``/``gpu_runs_720p`` say how many were timed).
+  pass, so the slow rows get one and the whole report stays within minutes on 2 cores. The IQR needs 3 or more
+  forwards: a row with fewer shows ``-`` (and empty ``*_p25``/``*_p75`` cells in the CSV, whose
+  ``cpu_runs``/``gpu_runs_720p`` say how many were timed).
 - **CPU peak memory**: the most bytes held at once by tensors allocated during that first forward through torch's
   CPU allocator (activations, temporaries, reused buffers, the output), above what was held before it (weights and
   input excluded), from the allocation events of ``torch.profiler`` (``profile_memory=True``). Deterministic for a
   given input size; not included: buffers that oneDNN/MKL allocate themselves, and the interpreter and libraries.
 - **GPU** (when CUDA is present): the same path, timing (synchronised) and peak definition
   (``torch.cuda.max_memory_allocated`` minus what was allocated before the forward) for the same output size.
+- **PSNR** (rows given weights; ``-`` elsewhere): one column per set of ``--psnr-sets`` (default Set5), computed as
+  ``lwsr-test`` computes it (BasicSR's validation, in-process, the PSNR metric alone) with the row's test option
+  file: a shipped model's ``options/test_<model>_x<scale>.yml``, the ``--opt`` file's own test/validation sets, and
+  for ``--arch`` the RGB sets of ``test_IMDN_x<scale>``. That file says whether PSNR is taken on Y or RGB and the
+  border cropped (the shipped ones: Y, ``scale`` pixels, the MATLAB-bicubic LR files of the set's LR folder; IDN:
+  the MATLAB-bicubic LR of the HR's Y, its paper's protocol). Relative dataset paths are read from the current
+  folder, as ``lwsr-test`` reads them; an absent set shows ``-`` and the footer says how to make it. Weights load
+  through the plugin's checked loader (official state dicts, integrity seals): a checkpoint that does not load, or
+  does not fit, fails that row's PSNR in one line of the footer's Failed list, not the report. ``--ckpt
+  MODEL=PATH`` gives weights to a shipped model (``--scales`` must leave it one scale), ``--ckpt PATH`` to the
+  ``--opt``/``--arch`` row; an ``--opt`` file's ``path.pretrain_network_g`` counts as given.
 
 Your own network (``--opt my_test.yml``: its ``network_g`` at its ``scale``, its ``user_modules`` imported; or
 ``--arch NAME --user-modules ./myarchs``: built with ``upscale`` at each of ``--scales``) gets a row measured the same
@@ -37,15 +51,13 @@ after each model, so an interrupted run leaves valid files holding the rows meas
 import argparse
 import csv
 import os
-import statistics
 import sys
 import time
 
-HR_PIXELS_720P = 1280 * 720
-MAC_PROBE = 24  # LR side of the MAC-counting forward; MACs per output pixel do not depend on it
-LONG_FORWARD_MS = 10_000  # a first forward this long counts as a timed one (see measure)
-MIN_SPREAD = 3  # timed forwards an interquartile range needs: the "range" of one or two samples is no spread
-TIME_CAP_S = 10.0  # default --time-cap: seconds of timed forwards per model
+from lwsr_plugin.metrics.model_cost import HR_PIXELS_720P, MAC_PROBE, MIN_SPREAD, TIME_CAP_S
+
+PSNR_SETS = 'Set5'  # default --psnr-sets
+
 AS_SCALE = 4  # IMDN_AS is timed on the LR resized x4 (its "scale" is whatever its input was resized to)
 
 # key: (label, network_g options without upscale, scales, paper params per scale, paper MACs (G) at 720p per scale)
@@ -65,10 +77,12 @@ MODELS = {
     'sLWSR64': ('s-LWSR64', {'type': 'SLWSR', 'variant': 'slwsr64'}, (2, 3, 4), {4: 2277e3}, {4: 131.1}),
     'sLWSR32C': ('s-LWSR32C', {'type': 'SLWSR', 'variant': 'slwsr32c'}, (4, ), {4: 124e3}, {}),
 }
+SHIPPED = tuple(MODELS)  # the --opt/--arch row joins MODELS for one call
 
 FIELDS = ['model', 'key', 'scale', 'params', 'paper_params', 'macs_720p_G', 'paper_macs_720p_G', 'cpu_ms',
           'cpu_ms_min', 'cpu_ms_p25', 'cpu_ms_p75', 'cpu_runs', 'cpu_time_ms', 'cpu_peak_MB', 'gpu_ms_720p',
           'gpu_ms_720p_min', 'gpu_ms_720p_p25', 'gpu_ms_720p_p75', 'gpu_runs_720p', 'gpu_peak_MB_720p']
+# then one psnr_<set> column per set of --psnr-sets (after the others: tools that read the CSV find them unmoved)
 
 
 # keys of MODELS whose network options are used as written (no ``upscale`` added): IMDN_AS and the --opt rows
@@ -107,6 +121,7 @@ def add_user_model(parser, args):
     key = str(opt.get('name') or net['type'])
     MODELS[key] = (key, dict(net), (int(opt['scale']), ), {}, {})
     AS_WRITTEN.add(key)
+    args.user_opt = opt
     return key, list(opt.get('user_modules') or []) + args.user_modules
 
 
@@ -123,113 +138,6 @@ def import_network(key, user_modules, source):
     return None
 
 
-def count_macs(net, lr_shape):
-    """MACs of one forward on a zero input of ``lr_shape`` (N, C, H, W): Conv2d and ConvTranspose2d only (see the
-    module docstring); returns (macs, output tensor)."""
-    import torch
-    total = [0]
-
-    def conv_hook(m, inputs, out):
-        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def deconv_hook(m, inputs, out):
-        total[0] += inputs[0].numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    handles = []
-    for m in net.modules():
-        if isinstance(m, torch.nn.ConvTranspose2d):
-            handles.append(m.register_forward_hook(deconv_hook))
-        elif isinstance(m, torch.nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-    try:
-        with torch.no_grad():
-            out = net(torch.zeros(lr_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0], out
-
-
-def planned_repeats(repeats, first_ms, cap_s):
-    """Timed forwards of a model whose first (memory-measuring) forward took ``first_ms``: ``repeats`` where that
-    many fit in ``cap_s`` seconds, each estimated at ``first_ms`` (the slowest forward: it bears the one-time costs);
-    else as many as fit, and where that is fewer than ``MIN_SPREAD`` (of ``repeats`` >= ``MIN_SPREAD``) one: two
-    samples give no spread either and would cost a slow forward more."""
-    fit = max(int(cap_s * 1e3 // max(first_ms, 1e-3)), 1)
-    n = min(repeats, fit)
-    return 1 if n < MIN_SPREAD <= repeats else n
-
-
-def time_forwards(fn, warmup, repeats, sync=None, first=None):
-    """Wall-clock ``{'median', 'min', 'p25', 'p75'}`` in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed
-    ones (``p25``/``p75`` None for fewer than ``MIN_SPREAD`` calls), ``'runs'``: the number of timed calls, and
-    ``'cpu_time'``: the median processor time (ms) the process used per call, all its threads. ``first``: (wall ms,
-    processor ms) of a call made before, counted as the first of the ``repeats``."""
-    for _ in range(warmup):  # first calls at a new size build oneDNN primitives and grow the allocator's pools
-        fn()
-    times, cpu_times = ([first[0]], [first[1]]) if first else ([], [])
-    for _ in range(repeats - len(times)):
-        if sync:
-            sync()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - start) * 1e3)
-        cpu_times.append((time.process_time() - cpu_start) * 1e3)
-    p25 = p75 = None
-    if len(times) >= MIN_SPREAD:
-        p25, _, p75 = statistics.quantiles(times, n=4, method='inclusive')
-    return {'median': statistics.median(times), 'min': min(times), 'p25': p25, 'p75': p75, 'runs': len(times),
-            'cpu_time': statistics.median(cpu_times)}
-
-
-class _StderrFdSilenced:
-    """Sends file descriptor 2 to /dev/null for the duration of a ``with`` block."""
-
-    def __enter__(self):
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-
-    def __exit__(self, *exc):
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-
-
-def cpu_peak_bytes(fn):
-    """Peak bytes held by tensors allocated through torch's CPU allocator while ``fn()`` runs, above what was held
-    when it started (so tensors that existed before, such as weights and input, do not count; the output does)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    # kineto prints its own start/stop lines straight to fd 2 (not through Python, whatever KINETO_LOG_LEVEL says)
-    with _StderrFdSilenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation:
-            events.append(event)
-    if not events:
-        raise RuntimeError('torch.profiler recorded no CPU allocation during the forward; cannot measure peak memory.')
-    events.sort(key=lambda e: e.start_time_ns)
-    live, held, peak = set(), 0, 0
-    for event in events:
-        size, ptr = event.extra_fields.alloc_size, event.extra_fields.ptr
-        if size > 0:
-            live.add(ptr)
-            held += size
-        elif ptr in live:  # frees of tensors allocated before fn() started are not ours to subtract
-            live.discard(ptr)
-            held += size
-        peak = max(peak, held)
-    return peak
-
-
 def lr_shape(key, scale, output_size):
     """(H, W) of the input that gives an output of ``output_size`` (W, H) (sides rounded up; IMDN_AS: the output
     size itself, its input is already resized)."""
@@ -238,51 +146,105 @@ def lr_shape(key, scale, output_size):
 
 
 def measure(key, scale, output_size, warmup, repeats, gpu=False, plain=False, time_cap=TIME_CAP_S):
-    """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions); the CPU
-    forwards timed: :func:`planned_repeats` of ``repeats`` within ``time_cap`` seconds."""
-    import torch
-
-    from lwsr_plugin.archs.blocks import count_parameters
-    from lwsr_plugin.fast import fast_inference_net
-    net = build(key, scale)
+    """One row of the report for ``MODELS[key]`` at ``scale`` (see the module docstring for the definitions): its
+    labels and paper numbers, and :func:`~lwsr_plugin.metrics.model_cost.measure_network` on the LR input of an
+    ``output_size`` output."""
+    from lwsr_plugin.metrics.model_cost import measure_network
     in_ch = MODELS[key][1].get('num_in_ch', 1 if MODELS[key][1]['type'] == 'IDN' else 3)
     probe = MAC_PROBE * scale if key == 'IMDN_AS' else MAC_PROBE  # IMDN_AS takes the image at its output size
-    macs, out = count_macs(net, (1, in_ch, probe, probe))
-    row = {'model': MODELS[key][0], 'key': key, 'scale': scale, 'params': count_parameters(net),
-           'paper_params': MODELS[key][3].get(scale), 'macs_720p_G': macs / out[0, 0].numel() * HR_PIXELS_720P / 1e9,
+    row = {'model': MODELS[key][0], 'key': key, 'scale': scale, 'paper_params': MODELS[key][3].get(scale),
            'paper_macs_720p_G': MODELS[key][4].get(scale)}
-    del out
-    h, w = lr_shape(key, scale, output_size)
-    fmt = torch.contiguous_format if plain else torch.channels_last
-    x = torch.rand(1, in_ch, h, w, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
-    if not plain:
-        net = fast_inference_net(net).to(memory_format=fmt)
-    with torch.inference_mode():
-        start, cpu_start = time.perf_counter(), time.process_time()
-        row['cpu_peak_MB'] = cpu_peak_bytes(lambda: net(x)) / 2**20
-        first = ((time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3)
-        # a forward of many seconds (DRN+ at 720p: over a minute) dwarfs its one-time costs (oneDNN primitives,
-        # weight packing): the memory-measuring forward is then the first timed one, which halves the report's time
-        t = time_forwards(lambda: net(x), warmup, planned_repeats(repeats, first[0], time_cap),
-                          first=first if first[0] >= LONG_FORWARD_MS else None)
-    row.update(cpu_ms=t['median'], cpu_ms_min=t['min'], cpu_ms_p25=t['p25'], cpu_ms_p75=t['p75'], cpu_runs=t['runs'],
-               cpu_time_ms=t['cpu_time'])
-    if gpu:
-        net = net.cuda()
-        x = x.cuda()
-        with torch.inference_mode():
-            t = time_forwards(lambda: net(x), max(warmup, 1), repeats, torch.cuda.synchronize)
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            net(x)
-            torch.cuda.synchronize()
-            row['gpu_peak_MB_720p'] = (torch.cuda.max_memory_allocated() - before) / 2**20
-        row.update(gpu_ms_720p=t['median'], gpu_ms_720p_min=t['min'], gpu_ms_720p_p25=t['p25'],
-                   gpu_ms_720p_p75=t['p75'], gpu_runs_720p=t['runs'])
-        net.cpu()
-        torch.cuda.empty_cache()
+    row.update(measure_network(build(key, scale), in_ch, probe, lr_shape(key, scale, output_size), warmup, repeats,
+                               gpu, plain, time_cap))
     return row
+
+
+def given_weights(parser, args, jobs):
+    """``{(key, scale): checkpoint path}`` of the rows given weights: each ``--ckpt`` (``MODEL=PATH``: the shipped
+    model MODEL, at the one scale ``--scales`` leaves it; a bare ``PATH``: the ``--opt``/``--arch`` row), then the
+    ``--opt`` file's ``path.pretrain_network_g`` (read from the current folder) where no ``--ckpt`` gave that row
+    weights. A bad ``--ckpt`` ends with one line naming it."""
+    user, given = args.user[0], {}
+    for value in args.ckpt:
+        model, sep, path = value.partition('=')
+        if sep and model in SHIPPED and not os.path.isfile(value):
+            key = model
+        elif sep and os.sep not in model and not os.path.exists(value):
+            parser.error(f'--ckpt {value}: no such file, and {model} is not a shipped model; give MODEL=PATH with '
+                         f'MODEL one of {",".join(SHIPPED)}, or the path of a checkpoint.')
+        else:
+            key, path = user, value
+            if user is None:
+                parser.error(f'--ckpt {value}: a bare path gives weights to the --opt/--arch row, and neither is '
+                             f'given; add --opt/--arch, or give a shipped model its weights with --ckpt MODEL=PATH '
+                             f'(e.g. --ckpt IMDN={value}).')
+        if not os.path.isfile(path):
+            parser.error(f'--ckpt {value}: no such file {path}; give the path of a network checkpoint (.pth or '
+                         '.safetensors), e.g. results/reproduce/IMDN_x4/net_g.pth.')
+        scales = [s for k, s in jobs if k == key]
+        if not scales:
+            parser.error(f'--ckpt {value}: {key} is not measured; add it to --models (now {args.models!r}).')
+        if len(scales) > 1:
+            parser.error(f'--ckpt {value}: a checkpoint holds one scale, but --scales {args.scales} measures {key} at '
+                         f'{", ".join(f"x{s}" for s in scales)}; give --scales N (e.g. --scales {scales[-1]}).')
+        if (key, scales[0]) in given:
+            parser.error(f'--ckpt {value}: {key} x{scales[0]} has weights already ({given[(key, scales[0])]}); give '
+                         'one --ckpt per model.')
+        given[(key, scales[0])] = os.path.abspath(path)
+    pretrain = ((args.user_opt or {}).get('path') or {}).get('pretrain_network_g')
+    for key, scale in jobs:
+        if pretrain and key == user:
+            given.setdefault((key, scale), os.path.abspath(os.path.expanduser(str(pretrain))))
+    return given
+
+
+def psnr_plan(key, scale, weights, args):
+    """``(test options, sets they do not list, option file)`` for the PSNR of ``weights`` in the row ``key`` at
+    ``scale`` (see the module docstring): the ``--opt`` file, ``test_<key>_x<scale>`` of a shipped model, or
+    ``test_IMDN_x<scale>`` around the ``--arch`` network."""
+    from lwsr_plugin.metrics.paper_tables import psnr_test_options
+    from lwsr_plugin.options import load_yaml
+    from lwsr_plugin.options.shipped import not_shipped, shipped_path
+    if key not in SHIPPED and args.opt:
+        source, opt = args.opt, dict(args.user_opt, name=key)
+    else:
+        source = f"test_{key.replace('+', 'plus') if key in SHIPPED else 'IMDN'}_x{scale}"
+        path = shipped_path(source)
+        if path is None:
+            raise ValueError(not_shipped(source))
+        opt = load_yaml(path)
+        if key not in SHIPPED:  # --arch: IMDN's RGB sets and metric around the user's network
+            opt.update(name=key, network_g={'type': key, 'upscale': scale})
+    return psnr_test_options(opt, args.psnr_sets, weights, os.getcwd(), source) + (source, )
+
+
+def add_psnr(row, plan, gpu, notes):
+    """Put the PSNR cells of ``plan`` (a :func:`psnr_plan`, or the one line of why there is none) into ``row``;
+    ``notes`` collects the footer's ``failed``, ``absent`` and ``unlisted`` entries. Returns the progress text."""
+    from lwsr_plugin.metrics.paper_tables import psnr_on_present_sets
+    label = f"{row['model']} x{row['scale']} PSNR"
+    if isinstance(plan, str):
+        notes['failed'].append(f'{label}: {plan}')
+        return 'PSNR failed'
+    opt, unlisted, source = plan
+    for name in unlisted:
+        notes['unlisted'].append(f"{name} for {row['model']} ({source} lists no test/validation set of that name)")
+    try:
+        found, absent = psnr_on_present_sets(opt, gpu)
+    except Exception as err:  # a damaged or unfitting checkpoint costs this row's PSNR, not the report
+        notes['failed'].append(f"{label} of {opt['path']['pretrain_network_g']}: {_one_line(err)}")
+        return 'PSNR failed'
+    for line in absent:
+        if line not in notes['absent']:
+            notes['absent'].append(line)
+    row.update({f'psnr_{name}': value for name, value in found.items()})
+    return 'PSNR ' + (', '.join(f'{name} {value:.2f} dB' for name, value in found.items()) or 'no set present')
+
+
+def _one_line(err):
+    """``Type: first line of the message`` of ``err``: the footer gives each failure one line."""
+    lines = str(err).strip().splitlines()
+    return f'{type(err).__name__}: {lines[0] if lines else ""}'
 
 
 def _fmt(value, kind='g'):
@@ -290,7 +252,7 @@ def _fmt(value, kind='g'):
         return '-'
     if kind == 'params':
         return f'{value / 1e3:,.1f}K' if value < 1e6 else f'{value / 1e6:.2f}M'
-    return f'{value:,.2f}' if kind == 'mb' else f'{value:,.1f}'
+    return f'{value:,.2f}' if kind in ('mb', 'db') else f'{value:,.1f}'
 
 
 def _iqr(row, prefix):
@@ -328,30 +290,46 @@ def header(settings):
     if s['gpu'] != 'none':
         lines.append('GPU: the same timing (synchronised) and peak definition (torch.cuda.max_memory_allocated minus '
                      f'the memory allocated before the forward) for the same {out_w}x{out_h} output.')
+    protocols = s.get('psnr_protocols') or {}
+    lines.append(
+        f"PSNR {', '.join(s.get('psnr_sets') or [PSNR_SETS])} (dB): rows given weights (--ckpt, or the --opt file's "
+        "path.pretrain_network_g), '-' elsewhere and for an absent set; computed as lwsr-test computes it (BasicSR's "
+        "validation, the PSNR metric alone) with the row's test option file (shipped models: "
+        "options/test_<model>_x<scale>.yml, on the MATLAB-bicubic LR files of the set's LR folder, IDN on the "
+        "MATLAB-bicubic LR of the HR's Y; --opt: its own test/validation sets; --arch: test_IMDN_x<scale>'s RGB "
+        'sets), on the channel (Y or RGB) and with the crop border that file sets'
+        + (': ' + '; '.join(f'{label}: {text}' for label, text in protocols.items()) + '.' if protocols else
+           '; no row has weights here.'))
     return lines
 
 
 def markdown(rows, settings, footer=''):
-    """The report as Markdown: ``header(settings)``, one table row per measured model, then ``footer``."""
+    """The report as Markdown: ``header(settings)``, one table row per measured model (a PSNR column per set of
+    ``settings['psnr_sets']``), then ``footer``."""
+    sets = settings.get('psnr_sets') or []
     lines = header(settings) + [
         '', '| model | scale | params | paper params | MACs 720p (G) | paper MACs (G) | CPU ms | CPU ms IQR '
-        '| CPU time ms | CPU peak MB | GPU ms 720p | GPU ms IQR | GPU peak MB 720p |', '|' + '---|' * 13]
+        '| CPU time ms | CPU peak MB | GPU ms 720p | GPU ms IQR | GPU peak MB 720p |'
+        + ''.join(f' PSNR {name} (dB) |' for name in sets), '|' + '---|' * (13 + len(sets))]
     for r in rows:
         lines.append('| ' + ' | '.join([
             r['model'], f"x{r['scale']}", _fmt(r['params'], 'params'), _fmt(r['paper_params'], 'params'),
             _fmt(r['macs_720p_G']), _fmt(r['paper_macs_720p_G']), _fmt(r['cpu_ms']), _iqr(r, 'cpu_ms'),
             _fmt(r.get('cpu_time_ms')), _fmt(r['cpu_peak_MB'], 'mb'), _fmt(r.get('gpu_ms_720p')),
-            _iqr(r, 'gpu_ms_720p'), _fmt(r.get('gpu_peak_MB_720p'), 'mb')]) + ' |')
+            _iqr(r, 'gpu_ms_720p'), _fmt(r.get('gpu_peak_MB_720p'), 'mb')]
+            + [_fmt(r.get(f'psnr_{name}'), 'db') for name in sets]) + ' |')
     return '\n'.join(lines) + '\n' + (f'\n{footer}\n' if footer else '')
 
 
-def csv_text(rows):
-    """The rows as CSV text with the ``FIELDS`` header (empty cells for values that do not apply)."""
+def csv_text(rows, psnr_sets=()):
+    """The rows as CSV text with the ``FIELDS`` header and a ``psnr_<set>`` column per set of ``psnr_sets`` (empty
+    cells for values that do not apply)."""
     import io
+    fields = FIELDS + [f'psnr_{name}' for name in psnr_sets]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, FIELDS, lineterminator='\n')
+    writer = csv.DictWriter(buf, fields, lineterminator='\n')
     writer.writeheader()
-    writer.writerows({k: _csv_value(r.get(k)) for k in FIELDS} for r in rows)
+    writer.writerows({k: _csv_value(r.get(k)) for k in fields} for r in rows)
     return buf.getvalue()
 
 
@@ -440,6 +418,13 @@ def build_parser():
     p.add_argument('--plain', action='store_true',
                    help='time the plain module (NCHW) instead of the fast inference form lwsr-upscale runs')
     p.add_argument('--no-gpu', action='store_true', help='skip the GPU columns even when CUDA is available')
+    p.add_argument('--ckpt', action='append', default=[], metavar='[MODEL=]PATH',
+                   help='weights whose PSNR the report measures (repeatable): MODEL=PATH for a shipped model (e.g. '
+                        'IMDN=results/reproduce/IMDN_x4/net_g.pth; --scales must leave it one scale), a bare PATH for '
+                        "the --opt/--arch row (default for --opt: its path.pretrain_network_g)")
+    p.add_argument('--psnr-sets', default=PSNR_SETS, metavar='SETS',
+                   help=f'comma-separated test sets of the PSNR columns (default {PSNR_SETS}), read from datasets/ in '
+                        'the current folder as lwsr-test reads them')
     p.add_argument('--plot', metavar='RESULTS_CSV', help='only draw PSNR vs params from a CSV (name,params,psnr)')
     p.add_argument('--plot-out', default=None, help='PNG path for --plot (default: <out>/psnr_vs_params.png)')
     return p
@@ -447,9 +432,10 @@ def build_parser():
 
 def _jobs(parser, args):
     """[(key, scale)] selected by ``--models`` / ``--scales`` and ``--opt`` / ``--arch`` (the user's key, its
-    modules: ``args.user``); a bad value ends with one line naming the option."""
+    modules: ``args.user``; the rows' weights: ``args.weights``, see :func:`given_weights`); a bad value ends with one
+    line naming the option."""
     shipped = ','.join(MODELS)
-    user, args.user = None, (None, [])
+    user, args.user, args.user_opt = None, (None, []), None
     if args.opt or args.arch:
         args.user = add_user_model(parser, args)
         user = args.user[0]
@@ -480,12 +466,17 @@ def _jobs(parser, args):
             parser.error(f'--{name.replace("_", "-")} {getattr(args, name)}: must be at least {least}.')
     if not args.time_cap > 0:
         parser.error(f'--time-cap {args.time_cap:g}: must be more than 0 seconds, e.g. --time-cap {TIME_CAP_S:g}.')
+    sets = [name.strip() for name in args.psnr_sets.split(',') if name.strip()]
+    if not sets:
+        parser.error(f'--psnr-sets {args.psnr_sets!r}: give comma-separated set names, e.g. --psnr-sets Set5,Set14.')
+    args.psnr_sets = list(dict.fromkeys(sets))
     jobs = [(k, s) for k in keys for s in MODELS[k][2] if s in scales]
     if user:  # the --opt row has its own scale; --arch's are those of --scales
         jobs += [(user, s) for s in MODELS[user][2] if s in scales or user in AS_WRITTEN]
     if not jobs:
         parser.error(f'--models {args.models} has no variant at --scales {args.scales} (IMDN_AS and sLWSR32C: x4 '
                      'only, IMDN_RTC: x2 only); add a scale or a model.')
+    args.weights = given_weights(parser, args, jobs)
     return jobs
 
 
@@ -528,6 +519,7 @@ def _report(argv):
 
     from lwsr_plugin.ops.device import cpu_name
     from lwsr_plugin.fast.kernels import keep_freed_memory
+    from lwsr_plugin.metrics.paper_tables import psnr_protocol
     torch.set_num_threads(args.threads)
     if args.user[0]:
         error = import_network(args.user[0], args.user[1], f'{args.opt}: user_modules' if args.opt else
@@ -540,18 +532,28 @@ def _report(argv):
     # as lwsr-upscale on CPU: large activations reuse the process's memory; without it every map over 32 MB
     # page-faults anew on each forward, which more than doubled DRN+'s 64 -> 288 1x1 convs at 720p
     kept = keep_freed_memory()
+    plans = {}
+    for (key, scale), weights in args.weights.items():
+        try:
+            plans[(key, scale)] = psnr_plan(key, scale, weights, args)
+        except Exception as err:  # e.g. an option file without a PSNR metric: that row's PSNR fails, not the report
+            plans[(key, scale)] = _one_line(err)
     settings = {'output_size': args.output_size, 'plain': args.plain, 'warmup': args.warmup,
                 'repeats': args.repeats, 'time_cap': args.time_cap, 'threads': args.threads, 'keep_memory': kept,
                 'cpu': cpu_name(), 'cores': os.cpu_count(), 'torch': torch.__version__,
-                'gpu': torch.cuda.get_device_name(0) if gpu else 'none'}
+                'gpu': torch.cuda.get_device_name(0) if gpu else 'none', 'psnr_sets': args.psnr_sets,
+                'psnr_protocols': {f'{MODELS[key][0]} x{scale}': psnr_protocol(plan[0], plan[2])
+                                   for (key, scale), plan in plans.items() if not isinstance(plan, str)}}
     csv_path, md_path = os.path.join(args.out, 'report.csv'), os.path.join(args.out, 'report.md')
-    rows, failures, start = [], [], time.time()
+    rows, start = [], time.time()
+    notes = {'failed': [], 'absent': [], 'unlisted': []}
+    failures = notes['failed']
 
     def save(footer):
         # Markdown first: whoever sees a row in the CSV (a test polling it, a user) finds it in the Markdown too
         from lwsr_plugin.fileio import write_text_atomic
         write_text_atomic(md_path, markdown(rows, settings, footer))
-        write_text_atomic(csv_path, csv_text(rows))
+        write_text_atomic(csv_path, csv_text(rows, args.psnr_sets))
 
     save(f'Partial: 0 of {len(jobs)} models measured so far.')
     bar = tqdm(jobs, desc='lwsr-report', unit='model', file=sys.stderr)
@@ -564,10 +566,11 @@ def _report(argv):
                 failures.append(f'{key} x{scale}: {type(err).__name__}: {err}')
                 tqdm.write(f'lwsr-report: {failures[-1]}; skipped.', file=sys.stderr)
                 continue
+            psnr = add_psnr(row, plans[(key, scale)], gpu, notes) if (key, scale) in plans else ''
             rows.append(row)
             tqdm.write(f"{row['model']} x{scale}: {_fmt(row['params'], 'params')} params, CPU {row['cpu_ms']:.1f} ms "
                        f"({row['cpu_runs']} timed, IQR {_iqr(row, 'cpu_ms')}; CPU time {row['cpu_time_ms']:.1f} ms), "
-                       f"peak {row['cpu_peak_MB']:.2f} MB", file=sys.stderr)
+                       f"peak {row['cpu_peak_MB']:.2f} MB" + (f'; {psnr}' if psnr else ''), file=sys.stderr)
             save(f'Partial: {len(rows)} of {len(jobs)} models measured so far.')
     except KeyboardInterrupt:
         bar.close()
@@ -576,8 +579,13 @@ def _report(argv):
         return 130
     bar.close()
     footer = f'Generated by `lwsr-report` in {time.time() - start:.0f} s.'
+    if notes['absent']:
+        footer += (" PSNR sets absent ('-'): " + '; '.join(notes['absent']) + '; make them with '
+                   '`lwsr-prepare-benchmark` (docs/data_preparation.md), or run from the folder that holds datasets/.')
+    if notes['unlisted']:
+        footer += " PSNR not measured ('-'): " + '; '.join(notes['unlisted']) + '.'
     if failures:
-        footer += ' Failed: ' + '; '.join(failures) + '.'
+        footer += ' Failed: ' + '; '.join(f.rstrip('.') for f in failures) + '.'
     save(footer)
     print(markdown(rows, settings, footer))
     print(f'wrote {md_path} and {csv_path}')

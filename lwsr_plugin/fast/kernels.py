@@ -65,6 +65,19 @@ def keep_freed_memory():
     return _memory_kept
 
 
+def trim_freed_memory():
+    """Hands the free memory at the top of the heap and in its free pages back to the system (glibc's
+    ``malloc_trim``), kept or not by :func:`keep_freed_memory`; for the end of a large piece of work, e.g. an image of
+    ``lwsr-upscale``. Returns True when something was released."""
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(trim(0))
+
+
 def fresh_faults(x, nbytes):
     """Whether a fresh tensor of ``nbytes`` on ``x``'s device page-faults on first touch: on CPU, larger than glibc's
     mmap threshold in a process that has not kept freed memory (:func:`keep_freed_memory`)."""

@@ -4,8 +4,10 @@ and scale, and docs/paper_tables.md gets each cell of IDN's Tables 2-3 and IMDN'
 delta, with absent and partial sets marked.
 
 :func:`load_test_options` and :func:`evaluate_options` run a test option file in-process, as ``lwsr-test`` computes
-it. The command line of ``--paper-tables`` is parsed by :mod:`lwsr_plugin.entry` (so that ``lwsr-test --help`` lists
-it without importing torch) and handed to :func:`measure`.
+it; :func:`psnr_test_options` and :func:`psnr_on_present_sets` measure the PSNR of given weights on named sets with
+an option file's sets and PSNR settings (``lwsr-report``).
+The command line of ``--paper-tables`` is parsed by :mod:`lwsr_plugin.entry` (so that ``lwsr-test --help`` lists it
+without importing torch) and handed to :func:`measure`.
 """
 import os
 import sys
@@ -52,12 +54,18 @@ NOTES = {
 }
 
 
-def load_test_options(path, root):
-    """The test option file ``path`` as BasicSR's ``parse_options`` would hand it to ``build_model`` (is_train off,
-    no distribution, dataset phase/scale set, relative data and weight paths read from ``root``)."""
+def load_test_options(source, root):
+    """The test option file ``source`` (its path, or the option dict already read, which is copied, not changed) as
+    BasicSR's ``parse_options`` would hand it to ``build_model`` (is_train off, no distribution, dataset phase/scale
+    set, relative data and weight paths read from ``root``)."""
+    import copy
+
     import torch
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
+    if isinstance(source, dict):
+        opt = copy.deepcopy(source)
+    else:
+        with open(source, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
     opt.update(is_train=False, dist=False, rank=0, world_size=1, auto_resume=False)
     if opt.get('num_gpu', 'auto') == 'auto':
         opt['num_gpu'] = torch.cuda.device_count()
@@ -67,13 +75,37 @@ def load_test_options(path, root):
         for key in ('dataroot_gt', 'dataroot_lq'):
             if ds.get(key):
                 ds[key] = os.path.join(root, os.path.expanduser(ds[key]))
+    opt['path'] = dict(opt.get('path') or {})
     pretrain = opt['path'].get('pretrain_network_g')
     if pretrain:
         opt['path']['pretrain_network_g'] = os.path.join(root, os.path.expanduser(pretrain))
     results = os.path.join(root, 'results', opt['name'])
     opt['path'].update(results_root=results, log=results, visualization=os.path.join(results, 'visualization'))
-    opt['val'] = dict(opt['val'], save_img=False, pbar=True)
+    opt['val'] = dict(opt.get('val') or {}, save_img=False, pbar=True)
     return opt
+
+
+def psnr_test_options(opt, sets, weights, root, source):
+    """``opt`` (a test or train option dict, read from ``source``) as :func:`load_test_options` gives it, cut down to
+    the PSNR of the checkpoint ``weights`` on ``sets``: its test and validation sets (``test*``/``val*`` phases; the
+    train phase dropped) whose name is in ``sets``, in that order, its ``calculate_psnr`` metric alone (its
+    ``crop_border`` and ``test_y_channel`` as written), ``model_type`` SRModel where it names none (a file written
+    for ``lwsr-report`` alone), no progress bar. Returns ``(options, names of ``sets`` that ``opt`` does not
+    list)``; ValueError (one line) for an option file without a PSNR metric."""
+    metrics = (opt.get('val') or {}).get('metrics') or {}
+    psnr = next((m for m in metrics.values() if isinstance(m, dict) and m.get('type') == 'calculate_psnr'), None)
+    if psnr is None:
+        raise ValueError(f'{source}: no val.metrics entry of type calculate_psnr; add one, e.g. psnr: {{type: '
+                         f'calculate_psnr, crop_border: {opt.get("scale", 4)}, test_y_channel: true}}.')
+    phases = {ds.get('name'): phase for phase, ds in (opt.get('datasets') or {}).items()
+              if phase.startswith(('test', 'val')) and isinstance(ds, dict)}
+    opt = dict(opt, model_type=opt.get('model_type') or 'SRModel',
+               datasets={phases[name]: opt['datasets'][phases[name]] for name in sets if name in phases},
+               val=dict(opt['val'], metrics={'psnr': psnr}),
+               path=dict(opt.get('path') or {}, pretrain_network_g=weights))
+    opt = load_test_options(opt, root)
+    opt['val']['pbar'] = False
+    return opt, [name for name in sets if name not in phases]
 
 
 def evaluate_options(opt, bicubic=False, log=print):
@@ -101,6 +133,36 @@ def evaluate_options(opt, bicubic=False, log=print):
             model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=False)
         found[ds_opt['name']] = dict(model.metric_results, images=len(loader.dataset))
     return found
+
+
+def psnr_protocol(opt, source):
+    """How the options ``opt`` (from :func:`psnr_test_options`, read from ``source``) compute PSNR, in a few words."""
+    metric = opt['val']['metrics']['psnr']
+    lr = 'LR files' if all(ds.get('dataroot_lq') for ds in opt['datasets'].values()) else 'LR made from the HR'
+    return (f"{os.path.basename(source)}, {'Y' if metric.get('test_y_channel') else 'RGB'}, crop border "
+            f"{metric.get('crop_border', 0)}, {lr}")
+
+
+def psnr_on_present_sets(opt, gpu=False):
+    """``({set: PSNR}, [why each absent set is absent])`` of the options ``opt`` (from :func:`psnr_test_options`) on
+    its sets whose folders exist (on CUDA device 0 with ``gpu``), through :func:`evaluate_options`, with BasicSR's
+    log held to warnings; errors of the checkpoint (damaged, not fitting) propagate."""
+    import logging
+
+    from basicsr.utils import get_root_logger
+    opt = dict(opt, num_gpu=1 if gpu else 0, datasets=dict(opt['datasets']))
+    absent = []
+    drop_absent_datasets(opt, root='/', log=lambda line: absent.append(line.replace('skipped ', '', 1)))
+    if not opt['datasets']:
+        return {}, absent
+    logger = get_root_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the network summary and validation lines would bury the caller's progress
+    try:
+        found = evaluate_options(opt)
+    finally:
+        logger.setLevel(level)
+    return {name: entry['psnr'] for name, entry in found.items()}, absent
 
 
 def _cell(paper, measured, metric, images, name):

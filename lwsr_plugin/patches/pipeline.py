@@ -26,6 +26,7 @@ import torch
 
 from basicsr.utils import logger as _logger
 from lwsr_plugin.fileio import atomic_target
+from lwsr_plugin.options.keys import default
 
 
 _RUN = {}  # settings of the run that lwsr_plugin.entry started in this process
@@ -95,7 +96,8 @@ class TrainingProgress:
     training budget (:mod:`.budget`) when there is one, else of ``train.total_iter``."""
 
     def __init__(self, opt):
-        self.interval = float((opt.get('logger') or {}).get('progress_interval', 10) or 0)
+        self.interval = float((opt.get('logger') or {}).get('progress_interval', default('logger.progress_interval'))
+                              or 0)
         self.total = int(opt['train']['total_iter'])
         self.name = opt.get('name', '')
         self.start = None  # (time, iteration) of the first observed iteration

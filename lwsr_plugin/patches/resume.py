@@ -37,6 +37,7 @@ import torch.distributed as dist
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
+from lwsr_plugin.options.keys import default
 from lwsr_plugin.patches.checkpoints import extra_training_state
 
 STATE_KEY = 'lwsr_resume'
@@ -125,7 +126,7 @@ def _wrap_build_dataloader(original):
     def build_dataloader(dataset, dataset_opt, num_gpu=1, dist=False, sampler=None, seed=None):
         if dataset_opt.get('phase') != 'train' or not isinstance(sampler, EnlargedSampler):
             return original(dataset, dataset_opt, num_gpu, dist, sampler, seed)
-        keyed = dataset_opt.get('keyed_samples', True)
+        keyed = dataset_opt.get('keyed_samples', default('datasets.*.keyed_samples'))
         if not isinstance(keyed, bool):
             raise SystemExit(f'lwsr_plugin: datasets.train.keyed_samples: {keyed!r} must be true or false.')
         data = KeyedSamples(dataset, seed or 0) if keyed else dataset

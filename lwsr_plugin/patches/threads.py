@@ -14,9 +14,9 @@ speed: a thread that waits at an OpenMP barrier spins on a CPU that the other ru
 
 ``LWSR_THREADS=<n>`` fixes the intra-op threads at ``n`` and switches the governor off; ``OMP_NUM_THREADS`` (set by
 the user or by torchrun) and ``train.deterministic: true`` also switch it off, keeping the thread count fixed (the
-kernels' results can depend on it, so a run whose threads follow the load is not reproducible to the bit). ``OMP_WAIT_POLICY=PASSIVE`` (waiting
-threads sleep at once) is left to the command's environment: OpenMP reads it when torch loads, and its cost for a run
-alone on idle cores is not measured here.
+kernels' results can depend on it, so a run whose threads follow the load is not reproducible to the bit).
+``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once) is left to the command's environment: OpenMP reads it
+when torch loads (``scripts/benchmark_contention.py``; docs/reliability.md has its table).
 """
 import logging
 import os
