@@ -121,9 +121,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import cv2
-    import torch
 
-    from lwsr_plugin.ops.device import cpu_name
+    from lwsr_plugin.ops.device import machine_line
     exe = os.path.join(os.path.dirname(sys.executable), 'lwsr-upscale')
     base = [exe] if os.path.exists(exe) else [sys.executable, '-m', 'lwsr_plugin.cli.upscale']
     work = args.work or tempfile.mkdtemp(prefix='upscale_memory_')
@@ -136,10 +135,10 @@ def main(argv=None):
     cv2.imwrite(tiny, cv2.imread(args.photo, cv2.IMREAD_COLOR)[:32, :32])
     idle_cmd, _, _, _ = run_case(base + [tiny, '-o', os.path.join(work, 'out_tiny')] + shlex.split(args.model) + common,
                                  args.limit_mib, args.timeout_s)
-    print(f'Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; each case: '
+    print(f'{machine_line(sys.argv if argv is None else [__file__] + list(argv))} Each case: '
           f'`lwsr-upscale <photo WxH> -o <dir> {args.model} {" ".join(common)} [--bf16] --tile-stats <s>`; '
           f'peak RSS = ru_maxrss of the process; floors: `import torch` alone {idle_torch_mib():.0f} MiB, the '
-          f'command on a 32x32 image {idle_cmd:.0f} MiB')
+          f'command on a 32x32 image {idle_cmd:.0f} MiB.')
     print()
     print('| case | output MP | peak RSS MiB | target MiB | within target | seconds |')
     print('|---|---:|---:|---:|---|---:|')

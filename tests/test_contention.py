@@ -67,7 +67,9 @@ def test_training_beside_busy_processes_lowers_threads(tmp_path, datasets_dir):
     """A real training started while every usable CPU runs a busy loop of another process logs the governor's line
     and trains with fewer intra-op threads than CPUs."""
     work = link_datasets(tmp_path, datasets_dir)
-    opt = write_options(tmp_path / 'opt.yml', **{'train.total_iter': 3})
+    # the governor's first reading needs threads.MIN_WINDOW seconds since the plugin loaded: start-up alone can be
+    # shorter, so the run must train on for a while (this tiny IMDN: a few dozen iterations a second at most)
+    opt = write_options(tmp_path / 'opt.yml', **{'train.total_iter': 60})
     env = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'LWSR_THREADS')}
     burners = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(usable_cpus())]
     try:
