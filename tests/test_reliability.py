@@ -9,6 +9,7 @@ import glob
 import hashlib
 import os
 import pickle
+import random
 import re
 import shutil
 import subprocess
@@ -342,7 +343,8 @@ def test_real_commands_exit_status_and_no_traceback(work, lmdbs, shared):
     SIGBUS), and the inputs unchanged."""
     import lmdb
     (work / 'bad.yml').write_text('name: x\nscale: 4\ndatasets:\n  train: {type: X\n')
-    (work / 'state.state').write_bytes(os.urandom(3000))
+    # garbage that is no zip and no pickle (the message names the reader's error, which depends on the bytes)
+    (work / 'state.state').write_bytes(random.Random(3000).randbytes(3000))
     resume_opt = options(work, 'resume.yml', **{'path.resume_state': 'state.state'})
     # a record of the LR LMDB that does not decode: found only when training reads it
     corrupt = work / 'corrupt'
@@ -385,7 +387,7 @@ def test_real_commands_exit_status_and_no_traceback(work, lmdbs, shared):
     expected = {
         'yaml': (2, 'bad.yml line 5: not valid YAML'),
         'resume_state_garbage': (1, 'lwsr_plugin: training stopped: RuntimeError: path.resume_state: state.state '
-                                    'cannot be read (UnpicklingError: weights-only load refused:'),
+                                    'cannot be read ('),
         'resume_state_garbage_debug': (1, 'RuntimeError: path.resume_state: state.state cannot be read'),
         'corrupt_lmdb_record': (1, "lwsr_plugin: training stopped: DatasetReadError: datasets.train: record 'bird' of "
                                    "corrupt/lq.lmdb cannot be decoded (truncated or corrupt image). Replace the file, "
