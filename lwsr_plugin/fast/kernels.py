@@ -44,6 +44,17 @@ def _pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def _glibc(name):
+    """The C library's function ``name`` on Linux, None where there is none (another OS; musl has no mallopt or
+    malloc_trim)."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory():
     """Tells glibc's allocator to keep freed memory for reuse in this process (``mallopt``: no ``mmap`` for large
     blocks, trim the heap only past 2 GiB free). By default every block over 32 MB is a fresh mapping and freed
@@ -52,12 +63,8 @@ def keep_freed_memory():
     form's forward took 1142 ms with this against 1482 ms without, medians of 9). Memory held stays at the process's
     peak: for a process that runs inference (``lwsr-upscale`` calls this on CPU), not one that trains.
     ``LWSR_KEEP_MEMORY=0`` turns it off. Returns True when applied (Linux with glibc)."""
-    if os.environ.get('LWSR_KEEP_MEMORY', '1') == '0' or not sys.platform.startswith('linux'):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+    mallopt = _glibc('mallopt')
+    if os.environ.get('LWSR_KEEP_MEMORY', '1') == '0' or mallopt is None:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     global _memory_kept
@@ -69,13 +76,8 @@ def trim_freed_memory():
     """Hands the free memory at the top of the heap and in its free pages back to the system (glibc's
     ``malloc_trim``), kept or not by :func:`keep_freed_memory`; for the end of a large piece of work, e.g. an image of
     ``lwsr-upscale``. Returns True when something was released."""
-    if not sys.platform.startswith('linux'):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(trim(0))
+    trim = _glibc('malloc_trim')
+    return trim is not None and bool(trim(0))
 
 
 def fresh_faults(x, nbytes):
